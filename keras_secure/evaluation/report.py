@@ -165,7 +165,7 @@ class RobustnessReport:
 
 
 def _norms(delta: np.ndarray, norm: str) -> np.ndarray:
-    flat = delta.reshape(delta.shape[0], -1)
+    flat = delta.reshape(delta.shape[0], int(np.prod(delta.shape[1:])))
     if norm == "linf":
         return np.abs(flat).max(axis=1)
     return np.sqrt((flat.astype(np.float64) ** 2).sum(axis=1))
