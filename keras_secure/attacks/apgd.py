@@ -8,7 +8,7 @@ import tensorflow as tf
 from keras_secure.attacks.base import (
     Attack,
     batch_mask,
-    check_choice,
+    check_loss,
     check_number,
     init_best,
     objective_and_gradient,
@@ -74,17 +74,15 @@ class APGD(Attack):
 
     name = "APGD"
 
-    def __init__(self, eps, *, steps=100, norm="linf", restarts=1, loss="ce", rho=0.75,
-                 momentum=0.75, value_range=None, targeted=False, seed=None, batch_size=None):
+    def __init__(self, eps: float, *, steps: int = 100, norm: str = "linf", restarts: int = 1,
+                 loss: str = "ce", rho: float = 0.75, momentum: float = 0.75,
+                 value_range: tuple[float, float] | None = None, targeted: bool = False,
+                 seed: int | None = None, batch_size: int | None = None):
         super().__init__(eps=eps, norm=norm, value_range=value_range, targeted=targeted,
                          seed=seed, batch_size=batch_size)
         self.steps = check_number("steps", steps, low=1, integer=True)
         self.restarts = check_number("restarts", restarts, low=1, integer=True)
-        self.loss = check_choice("loss", loss, ("ce", "dlr"))
-        if self.loss == "dlr" and targeted:
-            raise ValueError("`loss='dlr'` is untargeted only (targeted DLR needs the true "
-                             "labels as well as the targets); use loss='ce'. "
-                             "Received: loss='dlr', targeted=True")
+        self.loss = check_loss(loss, targeted, choices=("ce", "dlr"))
         self.rho = check_number("rho", rho, low=0.0, high=1.0, low_inclusive=False)
         self.momentum = check_number("momentum", momentum, low=0.0, high=1.0,
                                      low_inclusive=False)
@@ -98,7 +96,7 @@ class APGD(Attack):
         norm = "Linf" if self.norm == "linf" else "L2"
         return f"{self.name_with_loss}-{norm} (eps={self.eps:g})"
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "steps": self.steps, "restarts": self.restarts,
                 "loss": self.loss, "rho": self.rho, "momentum": self.momentum}
 

@@ -71,6 +71,25 @@ def check_choice(name: str, value, choices) -> str:
     return value
 
 
+def check_bool(name: str, value) -> bool:
+    """Validate a boolean flag."""
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a bool. Received: {name}={value!r}")
+    return value
+
+
+def check_loss(loss, targeted: bool, choices=LOSSES) -> str:
+    """Validate an attack loss; DLR is untargeted only (targeted DLR needs the true labels as
+    well as the targets, and attacks only receive the targets)."""
+    check_choice("loss", loss, choices)
+    if loss == "dlr" and targeted:
+        alternatives = " or ".join(repr(c) for c in choices if c != "dlr")
+        raise ValueError("`loss='dlr'` is untargeted only (targeted DLR needs the true labels "
+                         f"as well as the targets); use loss={alternatives}. "
+                         "Received: loss='dlr', targeted=True")
+    return loss
+
+
 def check_value_range(value_range) -> tuple[float, float] | None:
     """Validate ``value_range=(low, high)`` with ``low < high``; ``None`` passes through."""
     if value_range is None:
@@ -366,9 +385,7 @@ class Attack:
                     f"`eps` must be <= the width of `value_range` ({width:g}) for an L-inf "
                     f"attack. Received: eps={self.eps!r}"
                 )
-        if not isinstance(targeted, bool):
-            raise TypeError(f"`targeted` must be a bool. Received: targeted={targeted!r}")
-        self.targeted = targeted
+        self.targeted = check_bool("targeted", targeted)
         self.seed = check_number("seed", seed, integer=True, allow_none=True)
         self.batch_size = check_number("batch_size", batch_size, low=1, integer=True,
                                        allow_none=True)

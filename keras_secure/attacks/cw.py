@@ -7,6 +7,7 @@ import tensorflow as tf
 from keras_secure.attacks.base import (
     Attack,
     batch_mask,
+    check_bool,
     check_number,
     margin,
 )
@@ -55,9 +56,11 @@ class CarliniWagnerL2(Attack):
 
     name = "C&W"
 
-    def __init__(self, *, value_range=None, confidence=0.0, steps=100, binary_search_steps=9,
-                 initial_const=1e-3, learning_rate=1e-2, abort_early=True, eps=None,
-                 targeted=False, seed=None, batch_size=None):
+    def __init__(self, *, value_range: tuple[float, float] | None = None,
+                 confidence: float = 0.0, steps: int = 100, binary_search_steps: int = 9,
+                 initial_const: float = 1e-3, learning_rate: float = 1e-2,
+                 abort_early: bool = True, eps: float | None = None, targeted: bool = False,
+                 seed: int | None = None, batch_size: int | None = None):
         if value_range is None:
             raise ValueError(
                 "`value_range` is required by CarliniWagnerL2: its change of variables maps "
@@ -73,16 +76,14 @@ class CarliniWagnerL2(Attack):
                                           low_inclusive=False)
         self.learning_rate = check_number("learning_rate", learning_rate, low=0.0,
                                           low_inclusive=False)
-        if not isinstance(abort_early, bool):
-            raise TypeError(f"`abort_early` must be a bool. Received: abort_early={abort_early!r}")
-        self.abort_early = abort_early
+        self.abort_early = check_bool("abort_early", abort_early)
 
     @property
     def label(self) -> str:
         budget = f" (eps={self.eps:g})" if self.eps is not None else ""
         return f"C&W-L2{budget}"
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         del config["norm"]
         return {**config, "confidence": self.confidence, "steps": self.steps,

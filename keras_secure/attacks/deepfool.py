@@ -52,8 +52,9 @@ class DeepFool(Attack):
 
     name = "DeepFool"
 
-    def __init__(self, *, steps=50, overshoot=0.02, num_candidates=10, eps=None,
-                 value_range=None, seed=None, batch_size=None):
+    def __init__(self, *, steps: int = 50, overshoot: float = 0.02, num_candidates: int = 10,
+                 eps: float | None = None, value_range: tuple[float, float] | None = None,
+                 seed: int | None = None, batch_size: int | None = None):
         super().__init__(eps=eps, norm="l2", value_range=value_range, targeted=False,
                          seed=seed, batch_size=batch_size, eps_required=False)
         self.steps = check_number("steps", steps, low=1, integer=True)
@@ -65,7 +66,7 @@ class DeepFool(Attack):
         budget = f" (eps={self.eps:g})" if self.eps is not None else ""
         return f"DeepFool-L2{budget}"
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         for key in ("norm", "targeted"):
             del config[key]

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from keras_secure.attacks.base import (
-    LOSSES,
     Attack,
-    check_choice,
+    check_loss,
     objective_and_gradient,
     project_and_clip,
     steepest_direction,
@@ -51,13 +50,14 @@ class FGSM(Attack):
 
     name = "FGSM"
 
-    def __init__(self, eps, *, norm="linf", loss="ce", value_range=None, targeted=False,
-                 seed=None, batch_size=None):
+    def __init__(self, eps: float, *, norm: str = "linf", loss: str = "ce",
+                 value_range: tuple[float, float] | None = None, targeted: bool = False,
+                 seed: int | None = None, batch_size: int | None = None):
         super().__init__(eps=eps, norm=norm, value_range=value_range, targeted=targeted,
                          seed=seed, batch_size=batch_size)
-        self.loss = check_choice("loss", loss, LOSSES)
+        self.loss = check_loss(loss, targeted)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "loss": self.loss}
 
     def _perturb(self, logits_fn, x, y):

@@ -5,10 +5,9 @@ from __future__ import annotations
 import tensorflow as tf
 
 from keras_secure.attacks.base import (
-    LOSSES,
     Attack,
     batch_mask,
-    check_choice,
+    check_loss,
     check_number,
     init_best,
     objective,
@@ -56,17 +55,19 @@ class MIFGSM(Attack):
 
     name = "MI-FGSM"
 
-    def __init__(self, eps, *, steps=10, step_size=None, decay=1.0, norm="linf", loss="ce",
-                 value_range=None, targeted=False, seed=None, batch_size=None):
+    def __init__(self, eps: float, *, steps: int = 10, step_size: float | None = None,
+                 decay: float = 1.0, norm: str = "linf", loss: str = "ce",
+                 value_range: tuple[float, float] | None = None, targeted: bool = False,
+                 seed: int | None = None, batch_size: int | None = None):
         super().__init__(eps=eps, norm=norm, value_range=value_range, targeted=targeted,
                          seed=seed, batch_size=batch_size)
         self.steps = check_number("steps", steps, low=1, integer=True)
         self.step_size = check_number("step_size", step_size, low=0.0, low_inclusive=False,
                                       allow_none=True)
         self.decay = check_number("decay", decay, low=0.0)
-        self.loss = check_choice("loss", loss, LOSSES)
+        self.loss = check_loss(loss, targeted)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "steps": self.steps, "step_size": self.step_size,
                 "decay": self.decay, "loss": self.loss}
 

@@ -7,9 +7,10 @@ import math
 import tensorflow as tf
 
 from keras_secure.attacks.base import (
-    LOSSES,
     Attack,
+    check_bool,
     check_choice,
+    check_loss,
     check_number,
     init_best,
     objective,
@@ -86,31 +87,27 @@ class PGD(Attack):
 
     name = "PGD"
 
-    def __init__(self, eps, *, steps=10, step_size=None, norm="linf", restarts=1,
-                 random_init=True, step_schedule="constant", loss="ce", value_range=None,
-                 targeted=False, seed=None, batch_size=None):
+    def __init__(self, eps: float, *, steps: int = 10, step_size: float | None = None,
+                 norm: str = "linf", restarts: int = 1, random_init: bool = True,
+                 step_schedule: str = "constant", loss: str = "ce",
+                 value_range: tuple[float, float] | None = None, targeted: bool = False,
+                 seed: int | None = None, batch_size: int | None = None):
         super().__init__(eps=eps, norm=norm, value_range=value_range, targeted=targeted,
                          seed=seed, batch_size=batch_size)
         self.steps = check_number("steps", steps, low=1, integer=True)
         self.step_size = check_number("step_size", step_size, low=0.0, low_inclusive=False,
                                       allow_none=True)
         self.restarts = check_number("restarts", restarts, low=1, integer=True)
-        if not isinstance(random_init, bool):
-            raise TypeError(f"`random_init` must be a bool. Received: random_init={random_init!r}")
-        self.random_init = random_init
+        self.random_init = check_bool("random_init", random_init)
         self.step_schedule = check_choice("step_schedule", step_schedule, SCHEDULES)
-        self.loss = check_choice("loss", loss, LOSSES)
-        if self.loss == "dlr" and targeted:
-            raise ValueError("`loss='dlr'` is untargeted only (targeted DLR needs the true "
-                             "labels as well as the targets); use loss='ce' or 'margin'. "
-                             "Received: loss='dlr', targeted=True")
+        self.loss = check_loss(loss, targeted)
 
     @property
     def effective_step_size(self) -> float:
         """The step size used: ``step_size`` or ``2.5 * eps / steps``."""
         return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "steps": self.steps, "step_size": self.step_size,
                 "restarts": self.restarts, "random_init": self.random_init,
                 "step_schedule": self.step_schedule, "loss": self.loss}

@@ -64,14 +64,15 @@ class Square(Attack):
     name = "Square"
     uses_gradients = False
 
-    def __init__(self, eps, *, queries=1000, p_init=0.05, value_range=None, targeted=False,
-                 seed=None, batch_size=None):
+    def __init__(self, eps: float, *, queries: int = 1000, p_init: float = 0.05,
+                 value_range: tuple[float, float] | None = None, targeted: bool = False,
+                 seed: int | None = None, batch_size: int | None = None):
         super().__init__(eps=eps, norm="linf", value_range=value_range, targeted=targeted,
                          seed=seed, batch_size=batch_size)
         self.queries = check_number("queries", queries, low=2, integer=True)
         self.p_init = check_number("p_init", p_init, low=0.0, high=1.0, low_inclusive=False)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         del config["norm"]
         return {**config, "queries": self.queries, "p_init": self.p_init}
