@@ -22,6 +22,6 @@ if _keras.backend.backend() != "tensorflow":  # pragma: no cover - exercised in 
         "~/.keras/keras.json)."
     )
 
-from keras_secure import attacks, datasets, evaluation, models  # noqa: E402,I001
+from keras_secure import attacks, datasets, evaluation, layers, models  # noqa: E402,I001
 
-__all__ = ["attacks", "datasets", "evaluation", "models", "__version__"]
+__all__ = ["attacks", "datasets", "evaluation", "layers", "models", "__version__"]

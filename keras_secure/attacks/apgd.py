@@ -57,6 +57,8 @@ class APGD(Attack):
         targeted: push towards the classes in ``y`` (with ``loss="ce"``). Defaults to False.
         seed: seed of the random starts. Defaults to None.
         batch_size: examples attacked at once by ``__call__``. Defaults to None (all).
+        eot_samples: gradients averaged over this many evaluations of a randomized model per
+            step (Expectation over Transformation, Athalye et al. 2018), >= 1. Defaults to 1.
 
     Returns:
         Adversarial inputs with ``||x_adv - x|| <= eps``, inside ``value_range``.
@@ -73,13 +75,16 @@ class APGD(Attack):
     """
 
     name = "APGD"
+    supports_eot = True
 
     def __init__(self, eps: float, *, steps: int = 100, norm: str = "linf", restarts: int = 1,
                  loss: str = "ce", rho: float = 0.75, momentum: float = 0.75,
                  value_range: tuple[float, float] | None = None, targeted: bool = False,
-                 seed: int | None = None, batch_size: int | None = None):
+                 seed: int | None = None, batch_size: int | None = None,
+                 eot_samples: int = 1):
         super().__init__(eps=eps, norm=norm, value_range=value_range, targeted=targeted,
-                         seed=seed, batch_size=batch_size)
+                         seed=seed, batch_size=batch_size,
+                         eot_samples=eot_samples)
         self.steps = check_number("steps", steps, low=1, integer=True)
         self.restarts = check_number("restarts", restarts, low=1, integer=True)
         self.loss = check_loss(loss, targeted, choices=("ce", "dlr"))
@@ -123,7 +128,7 @@ class APGD(Attack):
 
         x_adv = self._start(x)
         loss, grad, logits = objective_and_gradient(logits_fn, x_adv, y, self.loss,
-                                                    self.targeted)
+                                                    self.targeted, self.eot_samples)
         tracked = update_best(tracked, x_adv, loss, logits, y, self.targeted)
         x_max, grad_max, loss_max = x_adv, grad, loss
         step = tf.fill([n], 2.0 * self.eps)
@@ -141,7 +146,7 @@ class APGD(Attack):
             x_prev, x_adv = x_adv, x_new
 
             loss, grad, logits = objective_and_gradient(logits_fn, x_adv, y, self.loss,
-                                                        self.targeted)
+                                                        self.targeted, self.eot_samples)
             tracked = update_best(tracked, x_adv, loss, logits, y, self.targeted)
             history = tf.tensor_scatter_nd_update(history, [[i + 1]], loss[tf.newaxis])
             improved = loss > loss_max

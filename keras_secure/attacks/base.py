@@ -126,6 +126,8 @@ def logits_function(model) -> Callable[[tf.Tensor], tf.Tensor]:
     ``activation="softmax"``, the returned function computes the pre-softmax logits with the
     model's own (shared, live) weights. Any other layer with a softmax activation is refused.
     Subclassed models and plain callables are used as they are and must return logits.
+    An object with an ``attack_logits(x)`` method (e.g.
+    :class:`keras_secure.layers.RandomizedSmoothing`) is attacked through that method.
     A single-logit binary classifier ``(batch, 1)`` is turned into two-class logits ``[0, z]``.
 
     Args:
@@ -142,7 +144,8 @@ def logits_function(model) -> Callable[[tf.Tensor], tf.Tensor]:
             "`model` must be a Keras model or a callable returning logits. "
             f"Received: model={model!r}"
         )
-    base = _strip_softmax(model)
+    attack_logits = getattr(model, "attack_logits", None)
+    base = attack_logits if callable(attack_logits) else _strip_softmax(model)
 
     def logits_fn(x):
         z = base(x, training=False) if isinstance(base, keras.Layer) else base(x)
@@ -295,8 +298,24 @@ def is_adversarial(logits: tf.Tensor, y: tf.Tensor, targeted: bool) -> tf.Tensor
     return tf.equal(pred, y) if targeted else tf.not_equal(pred, y)
 
 
-def objective_and_gradient(logits_fn, x, y, loss, targeted):
-    """Objective per example, its gradient w.r.t. ``x`` and the logits, in one pass."""
+def objective_and_gradient(logits_fn, x, y, loss, targeted, eot_samples: int = 1):
+    """Objective per example, its gradient w.r.t. ``x`` and the logits.
+
+    With ``eot_samples > 1`` the model is evaluated that many times and the objective, gradient
+    and logits are averaged: Expectation over Transformation (Athalye et al. 2018), the
+    gradient estimate an attacker needs against randomized models and layers.
+    """
+    if eot_samples == 1:
+        return _objective_and_gradient_once(logits_fn, x, y, loss, targeted)
+    values, grad, logits = _objective_and_gradient_once(logits_fn, x, y, loss, targeted)
+    for _ in tf.range(eot_samples - 1):
+        v, g, z = _objective_and_gradient_once(logits_fn, x, y, loss, targeted)
+        values, grad, logits = values + v, grad + g, logits + z
+    scale = 1.0 / eot_samples
+    return values * scale, grad * scale, logits * scale
+
+
+def _objective_and_gradient_once(logits_fn, x, y, loss, targeted):
     with tf.GradientTape() as tape:
         tape.watch(x)
         logits = logits_fn(x)
@@ -357,11 +376,16 @@ class Attack:
         seed: seed of the attack's ``keras.random.SeedGenerator``.
         batch_size: number of examples attacked at once by ``__call__``; ``None`` attacks all
             at once.
+        eot_samples: gradient attacks only: number of model evaluations whose gradients are
+            averaged per step (Expectation over Transformation), >= 1. Use > 1 against models
+            with random layers.
     """
 
     name = "attack"
     #: whether the attack needs gradients of the model (False for score-based attacks)
     uses_gradients = True
+    #: whether the attack takes ``eot_samples`` (gradient averaging over random draws)
+    supports_eot = False
 
     def __init__(
         self,
@@ -372,6 +396,7 @@ class Attack:
         targeted: bool = False,
         seed: int | None = None,
         batch_size: int | None = None,
+        eot_samples: int = 1,
         eps_required: bool = True,
     ):
         self.norm = check_choice("norm", norm, NORMS)
@@ -389,6 +414,10 @@ class Attack:
         self.seed = check_number("seed", seed, integer=True, allow_none=True)
         self.batch_size = check_number("batch_size", batch_size, low=1, integer=True,
                                        allow_none=True)
+        self.eot_samples = check_number("eot_samples", eot_samples, low=1, integer=True)
+        if self.eot_samples > 1 and not self.supports_eot:
+            raise ValueError(f"`eot_samples` is not supported by {type(self).__name__}. "
+                             f"Received: eot_samples={eot_samples!r}")
         self._seed_generator = keras.random.SeedGenerator(self.seed)
         self._compiled = weakref.WeakKeyDictionary()
         self._compiled_by_id = {}
@@ -403,6 +432,7 @@ class Attack:
             "targeted": self.targeted,
             "seed": self.seed,
             "batch_size": self.batch_size,
+            **({"eot_samples": self.eot_samples} if self.supports_eot else {}),
         }
 
     @classmethod

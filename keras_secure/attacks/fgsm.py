@@ -28,6 +28,8 @@ class FGSM(Attack):
         targeted: push towards the classes in ``y``. Defaults to False.
         seed: unused by FGSM (deterministic); accepted for a uniform interface. Defaults to None.
         batch_size: examples attacked at once by ``__call__``. Defaults to None (all).
+        eot_samples: gradients averaged over this many evaluations of a randomized model per
+            step (Expectation over Transformation, Athalye et al. 2018), >= 1. Defaults to 1.
 
     Call arguments:
         model, x, y: see :meth:`Attack.__call__`.
@@ -49,18 +51,22 @@ class FGSM(Attack):
     """
 
     name = "FGSM"
+    supports_eot = True
 
     def __init__(self, eps: float, *, norm: str = "linf", loss: str = "ce",
                  value_range: tuple[float, float] | None = None, targeted: bool = False,
-                 seed: int | None = None, batch_size: int | None = None):
+                 seed: int | None = None, batch_size: int | None = None,
+                 eot_samples: int = 1):
         super().__init__(eps=eps, norm=norm, value_range=value_range, targeted=targeted,
-                         seed=seed, batch_size=batch_size)
+                         seed=seed, batch_size=batch_size,
+                         eot_samples=eot_samples)
         self.loss = check_loss(loss, targeted)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "loss": self.loss}
 
     def _perturb(self, logits_fn, x, y):
-        _, grad, _ = objective_and_gradient(logits_fn, x, y, self.loss, self.targeted)
+        _, grad, _ = objective_and_gradient(logits_fn, x, y, self.loss, self.targeted,
+                                            self.eot_samples)
         x_adv = x + self.eps * steepest_direction(grad, self.norm)
         return project_and_clip(x_adv, x, self.eps, self.norm, self.value_range)

@@ -38,6 +38,8 @@ class MIFGSM(Attack):
         targeted: push towards the classes in ``y``. Defaults to False.
         seed: unused (deterministic). Defaults to None.
         batch_size: examples attacked at once by ``__call__``. Defaults to None (all).
+        eot_samples: gradients averaged over this many evaluations of a randomized model per
+            step (Expectation over Transformation, Athalye et al. 2018), >= 1. Defaults to 1.
 
     Returns:
         Adversarial inputs with ``||x_adv - x|| <= eps``, inside ``value_range``.
@@ -54,13 +56,16 @@ class MIFGSM(Attack):
     """
 
     name = "MI-FGSM"
+    supports_eot = True
 
     def __init__(self, eps: float, *, steps: int = 10, step_size: float | None = None,
                  decay: float = 1.0, norm: str = "linf", loss: str = "ce",
                  value_range: tuple[float, float] | None = None, targeted: bool = False,
-                 seed: int | None = None, batch_size: int | None = None):
+                 seed: int | None = None, batch_size: int | None = None,
+                 eot_samples: int = 1):
         super().__init__(eps=eps, norm=norm, value_range=value_range, targeted=targeted,
-                         seed=seed, batch_size=batch_size)
+                         seed=seed, batch_size=batch_size,
+                         eot_samples=eot_samples)
         self.steps = check_number("steps", steps, low=1, integer=True)
         self.step_size = check_number("step_size", step_size, low=0.0, low_inclusive=False,
                                       allow_none=True)
@@ -77,7 +82,7 @@ class MIFGSM(Attack):
         best = init_best(x)
         for _ in tf.range(self.steps):
             values, grad, logits = objective_and_gradient(logits_fn, x_adv, y, self.loss,
-                                                          self.targeted)
+                                                          self.targeted, self.eot_samples)
             best = update_best(best, x_adv, values, logits, y, self.targeted)
             l1 = tf.reduce_sum(tf.abs(tf.reshape(grad, [tf.shape(grad)[0], -1])), axis=1)
             velocity = self.decay * velocity + grad / batch_mask(tf.maximum(l1, 1e-12), grad)

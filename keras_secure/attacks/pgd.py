@@ -66,6 +66,8 @@ class PGD(Attack):
         targeted: push towards the classes in ``y``. Defaults to False.
         seed: seed of the random starts. Defaults to None.
         batch_size: examples attacked at once by ``__call__``. Defaults to None (all).
+        eot_samples: gradients averaged over this many evaluations of a randomized model per
+            step (Expectation over Transformation, Athalye et al. 2018), >= 1. Defaults to 1.
 
     Call arguments:
         model, x, y: see :meth:`Attack.__call__`.
@@ -86,14 +88,17 @@ class PGD(Attack):
     """
 
     name = "PGD"
+    supports_eot = True
 
     def __init__(self, eps: float, *, steps: int = 10, step_size: float | None = None,
                  norm: str = "linf", restarts: int = 1, random_init: bool = True,
                  step_schedule: str = "constant", loss: str = "ce",
                  value_range: tuple[float, float] | None = None, targeted: bool = False,
-                 seed: int | None = None, batch_size: int | None = None):
+                 seed: int | None = None, batch_size: int | None = None,
+                 eot_samples: int = 1):
         super().__init__(eps=eps, norm=norm, value_range=value_range, targeted=targeted,
-                         seed=seed, batch_size=batch_size)
+                         seed=seed, batch_size=batch_size,
+                         eot_samples=eot_samples)
         self.steps = check_number("steps", steps, low=1, integer=True)
         self.step_size = check_number("step_size", step_size, low=0.0, low_inclusive=False,
                                       allow_none=True)
@@ -123,7 +128,7 @@ class PGD(Attack):
                                          x, self.eps, self.norm, self.value_range)
             for i in tf.range(self.steps):
                 values, grad, logits = objective_and_gradient(logits_fn, x_adv, y, self.loss,
-                                                              self.targeted)
+                                                              self.targeted, self.eot_samples)
                 best = update_best(best, x_adv, values, logits, y, self.targeted)
                 step = alpha * step_factor(self.step_schedule, i, self.steps)
                 x_adv = project_and_clip(x_adv + step * steepest_direction(grad, self.norm),

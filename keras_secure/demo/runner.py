@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Callable
 
-from keras_secure.demo import ch1_attacks
+from keras_secure.demo import ch1_attacks, ch2_defences
 
 
 class DemoContext:
@@ -66,6 +66,7 @@ def _json_default(value):
 #: The demo's chapters, in order: (title, function).
 CHAPTERS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("Attacks on a digits CNN", ch1_attacks.run),
+    ("Defences: input denoising and randomized smoothing", ch2_defences.run),
 ]
 
 
