@@ -24,31 +24,39 @@ import keras_secure as ks  # noqa: E402
 from keras_secure.layers import RandomizedSmoothing  # noqa: E402
 
 
-def median_time(fn, repeats=3):
-    fn()
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return statistics.median(out)
-
-
-def bench(title, base, x, batch, n):
+def bench(title, base, x, batch, n, repeats):
     infer = tf.function(lambda b: tf.argmax(base(b, training=False), -1))
-    inputs = tf.constant(np.repeat(x[:1], batch, axis=0))
+    # distinct inputs, like the noisy copies certification evaluates
+    noisy = np.repeat(x[:1], batch, axis=0) + np.random.default_rng(0).normal(
+        0, 0.25, (batch, *x.shape[1:]))
+    inputs = tf.constant(noisy.astype(np.float32))
     passes = max(1, (len(x) * n) // batch)
 
     def raw():
         for _ in range(passes):
             infer(inputs).numpy()
 
-    raw_rate = passes * batch / median_time(raw)
     smoothed = RandomizedSmoothing(base, sigma=0.25, seed=0)
-    count_rate = len(x) * n / median_time(lambda: smoothed.sample_counts(x, n, batch))
-    cert_time = median_time(lambda: smoothed.certify(x, n0=100, n=n, alpha=0.001,
-                                                     batch_size=batch), repeats=1)
-    cert_rate = len(x) * (n + 100) / cert_time
+
+    def counts():
+        smoothed.sample_counts(x, n, batch)
+
+    def certify():
+        smoothed.certify(x, n0=100, n=n, alpha=0.001, batch_size=batch)
+
+    # This machine's speed drifts by tens of percent between runs: interleave the three
+    # measurements and take medians, so that the ratios compare like with like.
+    for fn in (raw, counts, certify):
+        fn()
+    times = {raw: [], counts: [], certify: []}
+    for _ in range(repeats):
+        for fn in times:
+            start = time.perf_counter()
+            fn()
+            times[fn].append(time.perf_counter() - start)
+    raw_rate = passes * batch / statistics.median(times[raw])
+    count_rate = len(x) * n / statistics.median(times[counts])
+    cert_rate = len(x) * (n + 100) / statistics.median(times[certify])
     print(f"| {title} | {raw_rate:,.0f} | {count_rate:,.0f} | {count_rate / raw_rate:.2f} | "
           f"{cert_rate:,.0f} | {cert_rate / raw_rate:.2f} |")
 
@@ -58,6 +66,7 @@ def main():
     parser.add_argument("--batch", type=int, default=2000, help="noisy inputs per forward pass")
     parser.add_argument("--n", type=int, default=20000, help="noisy samples per example")
     parser.add_argument("--examples", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores; {args.examples} examples x "
           f"{args.n} samples, {args.batch} inputs per forward pass\n")
@@ -66,10 +75,10 @@ def main():
     print("|---|---|---|---|---|---|")
     x_train, y_train = ks.datasets.load_digits("train")
     digits = ks.models.train_small_cnn(x_train, y_train, epochs=3)
-    bench("digits CNN", digits, x_train[:args.examples], args.batch, args.n)
+    bench("digits CNN", digits, x_train[:args.examples], args.batch, args.n, args.repeats)
     cifar = ks.models.small_cnn((32, 32, 3), 10, seed=0)
     xc = np.random.default_rng(0).random((args.examples, 32, 32, 3), dtype=np.float32)
-    bench("CIFAR-sized ConvNet", cifar, xc, args.batch // 4, args.n // 10)
+    bench("CIFAR-sized ConvNet", cifar, xc, args.batch // 4, args.n // 10, args.repeats)
 
 
 if __name__ == "__main__":
