@@ -89,6 +89,10 @@ def art_attacks(model, input_shape, eps, batch):
     ]
 
 
+def _rate(value: float) -> str:
+    return f"{value:,.0f}" if value >= 10 else f"{value:.2f}"
+
+
 def bench_model(title, model, x, y, eps, repeats):
     print(f"\n## {title}: batch of {len(x)} inputs of shape {x.shape[1:]}\n")
     step = grad_pass(model)
@@ -115,8 +119,8 @@ def bench_model(title, model, x, y, eps, repeats):
         t = timed(lambda a=attack: a(model, x, y), repeats)
         ours[name] = t
         art_t = art_times.get(name)
-        art_cols = (f"{len(x) / art_t:,.0f} | {art_t / t:.1f}x" if art_t else "- | -")
-        print(f"| {name} | {len(x) / t:,.0f} | {t / base:.1f} | {art_cols} |")
+        art_cols = (f"{_rate(len(x) / art_t)} | {art_t / t:.1f}x" if art_t else "- | -")
+        print(f"| {name} | {_rate(len(x) / t)} | {t / base:.1f} | {art_cols} |")
     if art is None:
         print("\n(adversarial-robustness-toolbox not installed: `make bench-setup` adds it)")
     return base, ours

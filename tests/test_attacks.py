@@ -192,7 +192,8 @@ def test_softmax_models_are_attacked_through_their_logits(cnn, eval_set):
     for m in (probs, probs_fn):
         np.testing.assert_allclose(A.FGSM(0.1, value_range=VR)(m, x[:20], y[:20]), expected,
                                    atol=1e-6)
-    dense_softmax = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    dense_softmax = keras.Sequential([keras.Input((4,)),
+                                      keras.layers.Dense(3, activation="softmax")])
     logits = A.logits_function(dense_softmax)(tf.ones([2, 4]))
     np.testing.assert_allclose(tf.nn.softmax(logits), dense_softmax(tf.ones([2, 4])), atol=1e-6)
     conv_softmax = keras.Sequential([keras.Input((4, 4, 1)),

@@ -232,7 +232,8 @@ def evaluate_robustness(
             raise TypeError("`attacks` must hold keras_secure.attacks.Attack objects. "
                             f"Received: {a!r}")
         if a.targeted:
-            raise ValueError(f"`attacks` must be untargeted for a robustness report. Received: {a!r}")
+            raise ValueError("`attacks` must be untargeted for a robustness report. "
+                             f"Received: {a!r}")
     batch_size = check_number("batch_size", batch_size, low=1, integer=True)
     x = np.asarray(x)
     y = np.asarray(y)
