@@ -22,6 +22,15 @@ if _keras.backend.backend() != "tensorflow":  # pragma: no cover - exercised in 
         "~/.keras/keras.json)."
     )
 
-from keras_secure import attacks, datasets, evaluation, layers, models  # noqa: E402,I001
+from keras_secure import (  # noqa: E402
+    attacks,
+    callbacks,
+    datasets,
+    evaluation,
+    layers,
+    models,
+    training,
+)
 
-__all__ = ["attacks", "datasets", "evaluation", "layers", "models", "__version__"]
+__all__ = ["attacks", "callbacks", "datasets", "evaluation", "layers", "models", "training",
+           "__version__"]

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 NORMS = ("linf", "l2")
+_CONVERTED: dict = {}  # attack class -> its AutoGraph-converted _perturb
 LOSSES = ("ce", "margin", "dlr")
 _TINY = 1e-12
 
@@ -165,6 +166,12 @@ def logits_function(model) -> Callable[[tf.Tensor], tf.Tensor]:
         return z
 
     return logits_fn
+
+
+def ends_in_softmax(model) -> bool:
+    """True if ``model`` is a Sequential/Functional model whose output is a softmax that
+    :func:`logits_function` undoes (so its outputs are probabilities, not logits)."""
+    return _strip_softmax(model) is not model
 
 
 def _strip_softmax(model):
@@ -456,9 +463,15 @@ class Attack:
         """Graph-safe attack of one batch: ``x`` float32, ``y`` int32 labels (or targets).
 
         ``logits_fn`` must return logits (see :func:`logits_function`). No validation is done
-        here; use ``__call__`` for user data.
+        here; use ``__call__`` for user data. The loop is converted with AutoGraph explicitly,
+        so this also works inside graphs that are not converted themselves (a Keras
+        ``train_step``).
         """
-        return self._perturb(logits_fn, x, y)
+        converted = _CONVERTED.get(type(self))
+        if converted is None:
+            converted = tf.autograph.to_graph(type(self)._perturb)
+            _CONVERTED[type(self)] = converted
+        return converted(self, logits_fn, x, y)
 
     def _perturb(self, logits_fn, x, y):  # pragma: no cover - abstract
         raise NotImplementedError

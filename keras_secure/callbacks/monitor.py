@@ -1,0 +1,84 @@
+"""Robust accuracy on a fixed validation subset, logged every epoch."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from keras_secure.attacks.base import Attack, check_number
+
+
+class RobustnessMonitor(keras.callbacks.Callback):
+    """Log robust accuracy under ``attack`` on a fixed validation subset at the end of epochs.
+
+    Writes ``val_robust_accuracy`` (accuracy on the attacked subset; an example initially
+    misclassified counts as wrong) into the epoch's ``logs``, so that ``EarlyStopping``,
+    ``ModelCheckpoint(monitor="val_robust_accuracy", mode="max")``, ``CSVLogger`` and
+    ``TensorBoard`` use it unchanged - list this callback *before* them in ``callbacks``, since
+    Keras calls callbacks in order. Logs hold numbers only (TensorBoard writes every entry as a
+    scalar), so the attack's description is in :attr:`attack_label`, and every measurement in
+    :attr:`history`.
+
+    Args:
+        x_val: validation inputs.
+        y_val: their integer (or one-hot) labels. Required.
+        attack: a configured keras_secure attack (untargeted).
+        every: evaluate every ``every`` epochs (>= 1); other epochs repeat no entry. Defaults to
+            1.
+        max_samples: use only the first ``max_samples`` examples (>= 1), or all. Defaults to
+            None.
+        name: the log key. Defaults to ``"val_robust_accuracy"``.
+
+    Raises:
+        TypeError: if ``attack`` is not a keras_secure attack.
+        ValueError: for missing labels, mismatched sizes, a targeted attack, ``every < 1``.
+
+    Example:
+        >>> monitor = RobustnessMonitor(x_val, y_val, ks.attacks.PGD(0.1, value_range=(0, 1)))
+        >>> model.fit(x, y, epochs=10, callbacks=[monitor, keras.callbacks.ModelCheckpoint(
+        ...     "best.keras", monitor="val_robust_accuracy", mode="max", save_best_only=True)])
+
+    References:
+        Rice, Wong & Kolter (2020), "Overfitting in adversarially robust deep learning" (early
+        stopping on robust validation accuracy).
+    """
+
+    def __init__(self, x_val, y_val, attack: Attack, every: int = 1,
+                 max_samples: int | None = None, name: str = "val_robust_accuracy"):
+        super().__init__()
+        if not isinstance(attack, Attack):
+            raise TypeError(f"`attack` must be a keras_secure attack. Received: attack={attack!r}")
+        if attack.targeted:
+            raise ValueError(f"`attack` must be untargeted. Received: attack={attack!r}")
+        if y_val is None:
+            raise ValueError("`y_val` is required: robust accuracy needs labels. "
+                             "Received: y_val=None")
+        x_val, y_val = np.asarray(x_val), np.asarray(y_val)
+        if y_val.ndim == 2:
+            y_val = y_val.argmax(axis=1)
+        if len(x_val) != len(y_val) or len(x_val) == 0:
+            raise ValueError("`x_val` and `y_val` must be non-empty and of the same length. "
+                             f"Received: {len(x_val)} and {len(y_val)}")
+        self.every = check_number("every", every, low=1, integer=True)
+        max_samples = check_number("max_samples", max_samples, low=1, integer=True,
+                                   allow_none=True)
+        if max_samples is not None:
+            x_val, y_val = x_val[:max_samples], y_val[:max_samples]
+        self.x_val, self.y_val, self.attack, self.key = x_val, y_val, attack, name
+        self.attack_label = attack.label
+        self.history: list[tuple[int, float]] = []
+
+    def robust_accuracy(self) -> float:
+        """Accuracy of the current model on the attacked validation subset."""
+        x_adv = self.attack(self.model, self.x_val, self.y_val)
+        clean = self.model.predict(self.x_val, verbose=0, batch_size=512).argmax(-1)
+        adv = self.model.predict(x_adv, verbose=0, batch_size=512).argmax(-1)
+        return float(np.mean((clean == self.y_val) & (adv == self.y_val)))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every:
+            return
+        value = self.robust_accuracy()
+        self.history.append((epoch, value))
+        if logs is not None:
+            logs[self.key] = value
