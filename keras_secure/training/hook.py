@@ -195,8 +195,13 @@ class TrainingHook:
         return logs
 
     def _compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        loss = self._original_compute_loss(x=x, y=y, y_pred=y_pred,
-                                           sample_weight=sample_weight, training=training)
+        if y is None and training and self._stages("adds_loss"):
+            # No labels (e.g. distillation on unlabeled data): the compiled loss cannot be
+            # computed, the loss stages provide the whole loss.
+            loss = tf.constant(0.0)
+        else:
+            loss = self._original_compute_loss(x=x, y=y, y_pred=y_pred,
+                                               sample_weight=sample_weight, training=training)
         if training:
             base = loss * tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
             for stage in self._stages("adds_loss"):

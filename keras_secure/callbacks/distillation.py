@@ -1,0 +1,176 @@
+"""Knowledge distillation as a ``fit`` callback, and Papernot et al.'s defensive distillation."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_secure.attacks.base import check_number, logits_function
+from keras_secure.training.hook import Stage, StageCallback
+
+
+class _DistillationStage(Stage):
+    adds_loss = True
+    needs_labels = False
+    log_names = ("distillation_loss",)
+
+    def __init__(self, teacher, temperature, alpha):
+        super().__init__()
+        self.teacher, self.alpha = teacher, alpha
+        # Keras' own soft-target loss: KL(softmax(t/T) || softmax(s/T)) * T^2 (Hinton et al.).
+        # The KLDivergence *instance* is passed on purpose: with the default loss string
+        # "kl_divergence", Keras 3.15 resolves a plain function, misses its softmax branch and
+        # applies the KL to raw logits (tests/test_distillation.py checks the value by hand).
+        self.kd = keras.distillation.LogitsDistillation(temperature=temperature,
+                                                        loss=keras.losses.KLDivergence())
+        self._teacher_logits = logits_function(teacher)
+        self._student_from_logits = True
+
+    def check_model(self, model):
+        from keras_secure.attacks.base import ends_in_softmax
+
+        student = int(model.output_shape[-1])
+        teacher = int(self.teacher.output_shape[-1])
+        if student != teacher:
+            raise ValueError(
+                f"`teacher` must predict as many classes as the trained model: the teacher has "
+                f"{teacher} outputs, the model {student}. Received: teacher={self.teacher.name}")
+        self._student_from_logits = not ends_in_softmax(model)
+
+    def loss(self, model, x, y, y_pred, sample_weight, base_loss):
+        teacher_logits = tf.stop_gradient(self._teacher_logits(x))
+        student = tf.cast(y_pred, tf.float32)
+        if not self._student_from_logits:  # probabilities: log-probabilities are logits
+            student = tf.math.log(tf.clip_by_value(student, 1e-12, 1.0))
+        soft = self.kd.compute_loss(teacher_logits, student)
+        self.record("distillation_loss", soft)
+        if y is None:  # no labels: the soft targets are the whole loss
+            return soft
+        return self.alpha * (soft - base_loss)
+
+
+class Distillation(StageCallback):
+    """Knowledge distillation from ``teacher`` while ``fit`` trains the model (the student).
+
+    The training loss becomes ``(1 - alpha) * L_hard + alpha * T^2 * KL(softmax(z_t / T) ||
+    softmax(z_s / T))``, where ``L_hard`` is the model's compiled loss on the labels, ``z_t``
+    the teacher's logits and ``z_s`` the student's (Hinton, Vinyals & Dean 2015). The soft term
+    is Keras' own ``keras.distillation.LogitsDistillation``. The teacher is evaluated in
+    inference mode on the batch the student trains on - after any batch stage, so combined with
+    :class:`AdversarialTraining` the student matches the teacher on adversarial inputs (robust
+    distillation, Goldblum et al. 2020). Logs ``distillation_loss`` (the soft term). Data
+    without labels train on the soft targets alone.
+
+    Args:
+        teacher: a trained Keras model with logits output (a final softmax is undone).
+        temperature: softmax temperature ``T`` > 0. Defaults to 4.0.
+        alpha: weight of the soft targets in [0, 1]. Defaults to 0.9.
+
+    Raises:
+        TypeError: if ``teacher`` is not a Keras model.
+        ValueError: for ``temperature <= 0``, ``alpha`` outside [0, 1], or (at ``fit``) a
+            teacher with a different number of classes than the model.
+
+    Example:
+        >>> student.fit(x, y, epochs=5, callbacks=[Distillation(teacher, temperature=4.0)])
+
+    References:
+        Hinton, Vinyals & Dean (2015), "Distilling the Knowledge in a Neural Network";
+        Goldblum, Fowl, Feizi & Goldstein (2020), "Adversarially Robust Distillation", AAAI.
+    """
+
+    def __init__(self, teacher: keras.Model, temperature: float = 4.0, alpha: float = 0.9):
+        if not isinstance(teacher, keras.Model):
+            raise TypeError(f"`teacher` must be a Keras model. Received: teacher={teacher!r}")
+        temperature = check_number("temperature", temperature, low=0.0, low_inclusive=False)
+        alpha = check_number("alpha", alpha, low=0.0, high=1.0)
+        self.teacher, self.temperature, self.alpha = teacher, temperature, alpha
+        super().__init__(_DistillationStage(teacher, temperature, alpha))
+
+
+def defensive_distillation(
+    model_fn: Callable[[], keras.Model],
+    x,
+    y,
+    temperature: float = 20.0,
+    epochs: int = 10,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    seed: int | None = 0,
+    verbose: int = 0,
+) -> tuple[keras.Model, keras.Model]:
+    """Papernot et al.'s defensive distillation: teacher and student trained at temperature T.
+
+    1. The teacher (``model_fn()``) is trained on the labels with ``softmax(z / T)``.
+    2. Its soft labels ``softmax(z_teacher(x) / T)`` are computed on the training data.
+    3. The student (a fresh ``model_fn()``) is trained on the soft labels, also at ``T``.
+    4. The student is deployed at ``T = 1``: its logits are used as they are, compiled with the
+       ordinary cross-entropy on logits.
+
+    Its logits grow roughly ``T`` times larger, so the softmax saturates and the gradient of the
+    cross-entropy vanishes: gradient attacks on the cross-entropy (FGSM, PGD-CE) report high
+    robustness. That is gradient masking, not robustness: attacks on the logits' margin (C&W,
+    PGD with ``loss="margin"``, APGD-DLR) break it (Carlini & Wagner 2016, 2017). Use it to
+    demonstrate masking, not as a defence.
+
+    Args:
+        model_fn: builds a fresh, uncompiled model with logits output (called twice).
+        x: training inputs.
+        y: integer labels.
+        temperature: ``T`` > 0. Defaults to 20.0 (the paper used 20-100).
+        epochs: epochs for each of the two trainings, >= 1. Defaults to 10.
+        batch_size: >= 1. Defaults to 64.
+        learning_rate: Adam learning rate > 0. Defaults to 1e-3.
+        seed: seed of both trainings. Defaults to 0.
+        verbose: passed to ``fit``. Defaults to 0.
+
+    Returns:
+        ``(teacher, student)``; the student is compiled for deployment at ``T = 1``.
+
+    Raises:
+        ValueError / TypeError: for invalid arguments or a ``model_fn`` that does not build a
+            Keras model.
+
+    Example:
+        >>> teacher, student = defensive_distillation(lambda: ks.models.small_cnn(), x, y)
+
+    References:
+        Papernot, McDaniel, Wu, Jha & Swami (2016), "Distillation as a Defense to Adversarial
+        Perturbations against Deep Neural Networks", IEEE S&P. Carlini & Wagner (2016),
+        "Defensive Distillation is Not Robust to Adversarial Examples".
+    """
+    temperature = check_number("temperature", temperature, low=0.0, low_inclusive=False)
+    check_number("epochs", epochs, low=1, integer=True)
+    check_number("batch_size", batch_size, low=1, integer=True)
+    check_number("learning_rate", learning_rate, low=0.0, low_inclusive=False)
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y)
+
+    def scaled(model):
+        return keras.Sequential([keras.Input(x.shape[1:]), model,
+                                 keras.layers.Rescaling(1.0 / temperature)])
+
+    teacher = model_fn()
+    if not isinstance(teacher, keras.Model):
+        raise TypeError(f"`model_fn` must return a Keras model. Received: {teacher!r}")
+    hot = scaled(teacher)
+    hot.compile(keras.optimizers.Adam(learning_rate),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    hot.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=verbose)
+    soft_labels = tf.nn.softmax(hot.predict(x, batch_size=512, verbose=0)).numpy()
+
+    student = model_fn()
+    hot_student = scaled(student)
+    hot_student.compile(keras.optimizers.Adam(learning_rate),
+                        keras.losses.CategoricalCrossentropy(from_logits=True))
+    hot_student.fit(x, soft_labels, epochs=epochs, batch_size=batch_size, verbose=verbose)
+    for model in (teacher, student):
+        model.compile(keras.optimizers.Adam(learning_rate),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"])
+    return teacher, student
