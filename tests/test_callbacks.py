@@ -276,3 +276,50 @@ def test_adversarial_training_under_mirrored_strategy():
                             timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0, result.stderr[-4000:]
     assert "MIRRORED OK" in result.stdout
+
+
+def test_monitor_warns_when_robust_accuracy_collapses():
+    monitor = RobustnessMonitor(np.zeros((4, 8, 8, 1)), np.zeros(4), train_pgd(),
+                                collapse_drop=0.2)
+    values = iter([0.8, 0.7, 0.4])
+    monitor.robust_accuracy = lambda: next(values)
+    logs = [{}, {}, {}]
+    monitor.on_epoch_end(0, logs[0])
+    monitor.on_epoch_end(1, logs[1])
+    with pytest.warns(UserWarning, match="catastrophic overfitting"):
+        monitor.on_epoch_end(2, logs[2])
+    assert [lg["val_robust_accuracy_collapsed"] for lg in logs] == [0.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="`collapse_drop`"):
+        RobustnessMonitor(np.zeros((4, 8, 8, 1)), np.zeros(4), train_pgd(), collapse_drop=2)
+
+
+class PlainGradientStage(Stage):
+    """A gradient stage doing what Keras does, from the hook's per-example losses."""
+
+    computes_gradients = True
+    needs_labels = True
+
+    def apply_gradients(self, model, x, y, sample_weight, per_example_loss):
+        with tf.GradientTape() as tape:
+            y_pred = model(x, training=True)
+            loss = tf.reduce_mean(per_example_loss(y, y_pred, sample_weight))
+        grads = tape.gradient(loss, model.trainable_variables)
+        model.optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return y_pred
+
+
+def test_gradient_stage_interface_reproduces_a_plain_step():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 32)
+    weights = []
+    for callbacks in ([], [StageCallback(PlainGradientStage())]):
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+        model.layers[-1].set_weights([np.ones((4, 3), np.float32) * 0.1,
+                                      np.zeros(3, np.float32)])
+        model.compile(keras.optimizers.SGD(0.5),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(x, y, batch_size=32, epochs=3, shuffle=False, verbose=0, callbacks=callbacks)
+        weights.append(model.get_weights())
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, atol=1e-6)

@@ -60,7 +60,16 @@ def test_quick_demo_writes_a_report(tmp_path, capsys):
         assert attack in report
     assert (out / "ch1_accuracy_under_attack.png").stat().st_size > 1000
     assert (out / "ch1_accuracy_vs_eps.png").stat().st_size > 1000
+    assert (out / "ch2_certified_accuracy.png").stat().st_size > 1000
+    assert (out / "ch3_robust_accuracy_per_epoch.png").stat().st_size > 1000
+    for title in ("Input Preprocessing", "Certified accuracy", "Adversarial Training",
+                  "Defensive Distillation"):
+        assert title in report
     results = json.loads((out / "results.json").read_text())
     rows = results["chapter1"]["results"]
     pgd = next(r for r in rows if r["attack"].startswith("PGD"))
     assert pgd["adversarial_accuracy"] < pgd["clean_accuracy"] - 0.2
+    training = {r["training"]: r for r in results["chapter3_training"]}
+    assert (training["Adversarial training (PGD-7, Madry)"]["pgd_ce"]
+            > training["Standard training"]["pgd_ce"] + 0.2)
+    assert set(results["chapter2_certified"]) >= {"0.12", "0.25", "0.5"}

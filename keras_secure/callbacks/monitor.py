@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 
@@ -28,6 +30,10 @@ class RobustnessMonitor(keras.callbacks.Callback):
         max_samples: use only the first ``max_samples`` examples (>= 1), or all. Defaults to
             None.
         name: the log key. Defaults to ``"val_robust_accuracy"``.
+        collapse_drop: if robust accuracy falls by more than this (absolute, in [0, 1]) below
+            the best value so far, warn that training may be overfitting catastrophically (the
+            failure mode of fast FGSM training, Wong et al. 2020) and log
+            ``{name}_collapsed = 1``; None disables the check. Defaults to 0.2.
 
     Raises:
         TypeError: if ``attack`` is not a keras_secure attack.
@@ -44,7 +50,8 @@ class RobustnessMonitor(keras.callbacks.Callback):
     """
 
     def __init__(self, x_val, y_val, attack: Attack, every: int = 1,
-                 max_samples: int | None = None, name: str = "val_robust_accuracy"):
+                 max_samples: int | None = None, name: str = "val_robust_accuracy",
+                 collapse_drop: float | None = 0.2):
         super().__init__()
         if not isinstance(attack, Attack):
             raise TypeError(f"`attack` must be a keras_secure attack. Received: attack={attack!r}")
@@ -60,6 +67,8 @@ class RobustnessMonitor(keras.callbacks.Callback):
             raise ValueError("`x_val` and `y_val` must be non-empty and of the same length. "
                              f"Received: {len(x_val)} and {len(y_val)}")
         self.every = check_number("every", every, low=1, integer=True)
+        self.collapse_drop = check_number("collapse_drop", collapse_drop, low=0.0, high=1.0,
+                                          allow_none=True)
         max_samples = check_number("max_samples", max_samples, low=1, integer=True,
                                    allow_none=True)
         if max_samples is not None:
@@ -79,6 +88,15 @@ class RobustnessMonitor(keras.callbacks.Callback):
         if (epoch + 1) % self.every:
             return
         value = self.robust_accuracy()
+        best = max((v for _, v in self.history), default=value)
         self.history.append((epoch, value))
+        collapsed = self.collapse_drop is not None and best - value > self.collapse_drop
+        if collapsed:
+            warnings.warn(
+                f"{self.key} fell from {best:.3f} to {value:.3f} at epoch {epoch + 1} under "
+                f"{self.attack_label}: catastrophic overfitting? (fast FGSM training is prone "
+                "to it; lower its step size, use PGD, or stop early)", stacklevel=2)
         if logs is not None:
             logs[self.key] = value
+            if self.collapse_drop is not None:
+                logs[f"{self.key}_collapsed"] = float(collapsed)

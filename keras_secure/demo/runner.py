@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Callable
 
-from keras_secure.demo import ch1_attacks, ch2_defences
+from keras_secure.demo import ch1_attacks, ch2_defences, ch3_training
 
 
 class DemoContext:
@@ -67,6 +67,7 @@ def _json_default(value):
 CHAPTERS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("Attacks on a digits CNN", ch1_attacks.run),
     ("Defences: input denoising and randomized smoothing", ch2_defences.run),
+    ("Robust training: adversarial training and distillation", ch3_training.run),
 ]
 
 
