@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from keras_secure import attacks as A
 from keras_secure import datasets, models
 from keras_secure.evaluation import evaluate_robustness
@@ -97,16 +95,6 @@ def _plot(ctx, report, eps_grid, curves):
     fig.savefig(ctx.path(bars), dpi=100)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, curve in curves.items():
-        ax.plot(eps_grid, 100 * np.asarray(curve), marker="o", label=name)
-    ax.set_xlabel("L-inf eps")
-    ax.set_ylabel("accuracy under attack (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    curve_file = "ch1_accuracy_vs_eps.png"
-    fig.savefig(ctx.path(curve_file), dpi=100)
-    plt.close(fig)
+    curve_file = ctx.line_plot("ch1_accuracy_vs_eps.png", eps_grid, curves, "L-inf eps",
+                               "accuracy under attack (%)")
     return bars, curve_file

@@ -4,7 +4,6 @@ randomized smoothing (the seed paper's Table 2 row "Input Preprocessing")."""
 from __future__ import annotations
 
 import keras
-import numpy as np
 
 from keras_secure import attacks as A
 from keras_secure import datasets, layers, models
@@ -107,7 +106,9 @@ def run(ctx) -> None:
                                          "examples": n_cert,
                                          **{str(s): list(map(float, c))
                                             for s, c in curves.items()}}
-    plot = _plot(ctx, curves)
+    plot = ctx.line_plot("ch2_certified_accuracy.png", list(RADII),
+                         {f"sigma = {s}": c for s, c in curves.items()}, "L2 radius",
+                         "certified accuracy (%)")
     ctx.section(
         "Each denoiser is put in front of the same undefended CNN and attacked *adaptively*: "
         "non-differentiable layers pass a straight-through (BPDA) gradient. The 'naive "
@@ -127,24 +128,3 @@ def _defended(cnn, layer):
     if layer is None:
         return cnn
     return keras.Sequential([keras.Input(cnn.input_shape[1:]), layer, cnn])
-
-
-def _plot(ctx, curves):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for sigma, curve in curves.items():
-        ax.plot(RADII, 100 * np.asarray(curve), marker="o", label=f"sigma = {sigma}")
-    ax.set_xlabel("L2 radius")
-    ax.set_ylabel("certified accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    name = "ch2_certified_accuracy.png"
-    fig.savefig(ctx.path(name), dpi=100)
-    plt.close(fig)
-    return name

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import keras
-import numpy as np
 
 from keras_secure import attacks as A
 from keras_secure import datasets, models
@@ -81,7 +80,8 @@ def run(ctx) -> None:
         dict(zip(["training", "clean", "fgsm", "pgd_ce", "pgd_margin", "cw", "worst_case"], r))
         for r in rows]
     ctx.results["chapter3_val_robust_accuracy"] = curves
-    plot = _plot(ctx, curves)
+    plot = ctx.line_plot("ch3_robust_accuracy_per_epoch.png", list(range(1, epochs + 1)),
+                         curves, "epoch", "val_robust_accuracy (%)", size=(7, 4))
     ctx.section(
         f"Each model is the same small CNN trained for {epochs} epochs on the digits; the "
         f"adversarial modes generate PGD-7 / FGSM examples at L-inf eps={EPS} on the fly inside "
@@ -94,24 +94,3 @@ def run(ctx) -> None:
         + "\n\nRobust accuracy under PGD-10 on 100 test digits after each epoch "
         "(keras_secure.callbacks.RobustnessMonitor, logged as `val_robust_accuracy`):\n\n"
         f"![robust accuracy per epoch]({plot})\n")
-
-
-def _plot(ctx, curves):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, curve in curves.items():
-        ax.plot(np.arange(1, len(curve) + 1), 100 * np.asarray(curve), marker="o", label=name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("val_robust_accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    name = "ch3_robust_accuracy_per_epoch.png"
-    fig.savefig(ctx.path(name), dpi=100)
-    plt.close(fig)
-    return name

@@ -42,6 +42,29 @@ class DemoContext:
         """Path of a file in the output directory."""
         return os.path.join(self.output_dir, name)
 
+    def line_plot(self, filename: str, xs, curves: dict, xlabel: str, ylabel: str,
+                  size=(6, 4)) -> str:
+        """Save a plot of percentage curves (fractions in [0, 1], plotted as %) and return its
+        file name (relative to the report)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import numpy as np
+
+        fig, ax = plt.subplots(figsize=size)
+        for label, curve in curves.items():
+            ax.plot(xs[:len(curve)], 100 * np.asarray(curve), marker="o", label=label)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(self.path(filename), dpi=100)
+        plt.close(fig)
+        return filename
+
     def write(self) -> str:
         """Write ``report.md`` and ``results.json``; returns the report's path."""
         mode = "quick" if self.quick else "full"
