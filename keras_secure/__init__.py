@@ -29,8 +29,9 @@ from keras_secure import (  # noqa: E402
     evaluation,
     layers,
     models,
+    privacy,
     training,
 )
 
-__all__ = ["attacks", "callbacks", "datasets", "evaluation", "layers", "models", "training",
+__all__ = ["attacks", "callbacks", "datasets", "evaluation", "layers", "models", "privacy", "training",
            "__version__"]

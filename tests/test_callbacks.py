@@ -302,24 +302,28 @@ class PlainGradientStage(Stage):
     def apply_gradients(self, model, x, y, sample_weight, per_example_loss):
         with tf.GradientTape() as tape:
             y_pred = model(x, training=True)
-            loss = tf.reduce_mean(per_example_loss(y, y_pred, sample_weight))
+            losses = per_example_loss(y, y_pred, sample_weight)
+            loss = tf.reduce_mean(losses)
         grads = tape.gradient(loss, model.trainable_variables)
         model.optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return y_pred
+        return y_pred, losses
 
 
 def test_gradient_stage_interface_reproduces_a_plain_step():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, 4)).astype(np.float32)
     y = rng.integers(0, 3, 32)
-    weights = []
+    weights, losses = [], []
     for callbacks in ([], [StageCallback(PlainGradientStage())]):
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
         model.layers[-1].set_weights([np.ones((4, 3), np.float32) * 0.1,
                                       np.zeros(3, np.float32)])
         model.compile(keras.optimizers.SGD(0.5),
                       keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        model.fit(x, y, batch_size=32, epochs=3, shuffle=False, verbose=0, callbacks=callbacks)
+        history = model.fit(x, y, batch_size=32, epochs=3, shuffle=False, verbose=0,
+                            callbacks=callbacks)
         weights.append(model.get_weights())
+        losses.append(history.history["loss"])
     for a, b in zip(*weights):
         np.testing.assert_allclose(a, b, atol=1e-6)
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)

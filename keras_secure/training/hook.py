@@ -39,9 +39,11 @@ class Stage:
     - ``adds_loss``: ``loss(model, x, y, y_pred, sample_weight, base_loss) -> scalar`` added to
       the compiled loss (``base_loss``, the compiled loss of the batch, is given for logging).
     - ``computes_gradients`` (at most one per model; DP-SGD):
-      ``apply_gradients(model, x, y, sample_weight, per_example_loss) -> y_pred`` computes and
-      applies the update itself; ``per_example_loss(y, y_pred, sample_weight)`` gives the
-      compiled loss of each example (:meth:`TrainingHook.per_example_loss`).
+      ``apply_gradients(model, x, y, sample_weight, per_example_loss) -> (y_pred, losses)``
+      computes and applies the update itself and returns the predictions and per-example
+      losses (for the metrics and the ``loss`` log); ``per_example_loss(y, y_pred,
+      sample_weight)`` gives the compiled loss of each example
+      (:meth:`TrainingHook.per_example_loss`).
     """
 
     transforms_batch = False
@@ -183,8 +185,11 @@ class TrainingHook:
             x, y, sample_weight = stage.transform(self.model, x, y, sample_weight)
         gradient = self._stages("computes_gradients")
         if gradient:
-            y_pred = gradient[0].apply_gradients(self.model, x, y, sample_weight,
-                                                 self.per_example_loss)
+            y_pred, losses = gradient[0].apply_gradients(self.model, x, y, sample_weight,
+                                                         self.per_example_loss)
+            tracker = getattr(self.model, "_loss_tracker", None)  # Keras' "loss" log
+            if tracker is not None:
+                tracker.update_state(tf.reduce_mean(losses), sample_weight=tf.shape(losses)[0])
             logs = self.model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         else:
             data = (x, y) if sample_weight is None else (x, y, sample_weight)

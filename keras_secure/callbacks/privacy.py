@@ -1,0 +1,183 @@
+"""DP-SGD for Keras 3 as a ``fit`` callback (a gradient stage of the training-step hook)."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+from keras_secure.attacks.base import check_choice, check_number
+from keras_secure.privacy.accounting import (
+    ACCOUNTANTS,
+    SAMPLINGS,
+    compute_epsilon,
+    max_steps_within,
+)
+from keras_secure.training.hook import Stage, StageCallback
+
+
+def _mixing_layers(model):
+    """Layers that mix examples within a batch (their per-example gradients are undefined)."""
+    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+class _DPStage(Stage):
+    computes_gradients = True
+    needs_labels = True
+    log_names = ("clipped_fraction",)
+
+    def __init__(self, l2_norm_clip, noise_multiplier, sampling, batch_size, seed):
+        super().__init__()
+        self.clip, self.sigma = l2_norm_clip, noise_multiplier
+        self.sampling, self.batch_size = sampling, batch_size
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def check_model(self, model):
+        mixing = _mixing_layers(model)
+        if mixing:
+            raise ValueError(
+                "DP-SGD needs per-example gradients, but the model has layers that mix the "
+                f"examples of a batch: {[layer.name for layer in mixing]} (BatchNormalization). "
+                "Use LayerNormalization or GroupNormalization instead.")
+        if isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer):
+            raise ValueError("DPSGD does not support loss scaling (mixed_float16) yet: clip and "
+                             "noise are computed in float32. Use the float32 policy.")
+        replicas = model.distribute_strategy.num_replicas_in_sync
+        if replicas > 1:
+            raise ValueError(
+                "DPSGD does not support tf.distribute strategies with more than one replica yet "
+                "(the noise must be added once per global batch). "
+                f"Received: a strategy with {replicas} replicas")
+
+    def apply_gradients(self, model, x, y, sample_weight, per_example_loss):
+        variables = model.trainable_variables
+        n = tf.shape(x)[0]
+        weights = (tf.ones([n]) if sample_weight is None
+                   else tf.cast(tf.reshape(sample_weight, [-1]), tf.float32))
+
+        def one_example(inputs):
+            xi, yi, wi = inputs
+            with tf.GradientTape() as tape:
+                pred = model(xi[tf.newaxis], training=True)
+                loss = per_example_loss(yi[tf.newaxis], pred)[0] * wi
+            return tape.gradient(loss, variables), pred[0], loss
+
+        grads, y_pred, losses = tf.vectorized_map(one_example, (x, y, weights))
+        sq_norms = tf.add_n([tf.reduce_sum(tf.reshape(tf.square(g), [n, -1]), axis=1)
+                             for g in grads])
+        norms = tf.sqrt(sq_norms)
+        factors = 1.0 / tf.maximum(1.0, norms / self.clip)
+        self.record("clipped_fraction", tf.cast(norms > self.clip, tf.float32))
+        denominator = (float(self.batch_size) if self.sampling == "poisson"
+                       else tf.cast(tf.maximum(n, 1), tf.float32))
+        updates = []
+        for g, v in zip(grads, variables):
+            summed = tf.tensordot(factors, tf.reshape(g, [n, -1]), axes=1)
+            noise = keras.random.normal([tf.size(v)], stddev=self.sigma * self.clip,
+                                        seed=self.seed_generator)
+            updates.append(tf.reshape((summed + noise) / denominator, tf.shape(v)))
+        model.optimizer.apply_gradients(zip(updates, variables))
+        return y_pred, losses
+
+
+class DPSGD(StageCallback):
+    """Differentially private SGD for Keras 3 models (Abadi et al. 2016), as a ``fit`` callback.
+
+    Replaces the gradient of each training step: per-example gradients of the compiled loss are
+    computed vectorized (``tf.vectorized_map``, no Python loop over examples), each clipped to
+    L2 norm ``l2_norm_clip`` over all trainable variables jointly, summed, given Gaussian noise
+    of std ``noise_multiplier * l2_norm_clip`` once per batch, and divided by the expected batch
+    size (``sampling="poisson"``) or the batch size (``"shuffle"``); the model's own optimizer
+    (any Keras optimizer) applies the result. ``epsilon`` (at ``delta``, with ``dp_accounting``'s
+    RDP or PLD accountant) is written into ``logs`` every epoch, with the running mean
+    ``clipped_fraction`` of clipped examples. With ``target_epsilon`` training stops (``model.
+    stop_training``) after the last step that keeps epsilon within it, and says so.
+
+    Sampling honesty (see ``keras_secure.privacy.accounting``): ``sampling="poisson"`` assumes
+    Poisson-sampled batches - train on :func:`keras_secure.privacy.poisson_batches`;
+    ``"shuffle"`` accounts ordinary shuffled fixed-size batches without claiming subsampling
+    amplification (a valid, larger epsilon).
+
+    Not yet supported (refused with a clear error): BatchNormalization (it mixes examples; never
+    supportable), mixed-precision loss scaling, more than one ``tf.distribute`` replica.
+
+    Args:
+        l2_norm_clip: clipping norm C > 0.
+        noise_multiplier: sigma >= 0 (0: clipping only, epsilon = inf).
+        num_examples: training-set size N (needed by the accountant).
+        batch_size: the (expected) batch size, 1..N.
+        delta: in (0, 1), typically < 1 / N.
+        target_epsilon: stop before epsilon exceeds it; None trains all epochs. Defaults to
+            None.
+        accountant: ``"rdp"`` or ``"pld"``. Defaults to ``"rdp"``.
+        sampling: ``"poisson"`` or ``"shuffle"``. Defaults to ``"poisson"``.
+        seed: seed of the noise. Defaults to None.
+
+    Raises:
+        ValueError / TypeError: for arguments out of range; at ``fit``, for BatchNormalization,
+            loss scaling, several replicas, or a second gradient stage.
+
+    Example:
+        >>> ds, steps = ks.privacy.poisson_batches(x, y, batch_size=64, seed=0)
+        >>> model.fit(ds, steps_per_epoch=steps, epochs=20, callbacks=[ks.callbacks.DPSGD(
+        ...     1.0, 1.1, num_examples=len(x), batch_size=64, delta=1e-5, target_epsilon=3.0)])
+
+    References:
+        Abadi et al. (2016), "Deep Learning with Differential Privacy", CCS; Mironov, Talwar &
+        Zhang (2019), "Renyi Differential Privacy of the Sampled Gaussian Mechanism".
+    """
+
+    def __init__(self, l2_norm_clip: float, noise_multiplier: float, *, num_examples: int,
+                 batch_size: int, delta: float, target_epsilon: float | None = None,
+                 accountant: str = "rdp", sampling: str = "poisson", seed: int | None = None):
+        self.l2_norm_clip = check_number("l2_norm_clip", l2_norm_clip, low=0.0,
+                                         low_inclusive=False)
+        self.noise_multiplier = check_number("noise_multiplier", noise_multiplier, low=0.0)
+        self.num_examples = check_number("num_examples", num_examples, low=1, integer=True)
+        self.batch_size = check_number("batch_size", batch_size, low=1, high=self.num_examples,
+                                       integer=True)
+        self.delta = check_number("delta", delta, low=0.0, high=1.0, low_inclusive=False,
+                                  high_inclusive=False)
+        self.target_epsilon = check_number("target_epsilon", target_epsilon, low=0.0,
+                                           low_inclusive=False, allow_none=True)
+        self.accountant = check_choice("accountant", accountant, ACCOUNTANTS)
+        self.sampling = check_choice("sampling", sampling, SAMPLINGS)
+        if self.target_epsilon is not None and self.noise_multiplier == 0:
+            raise ValueError("`target_epsilon` cannot be met without noise. "
+                             "Received: noise_multiplier=0")
+        self.steps_done = 0
+        self.max_steps = None
+        super().__init__(_DPStage(self.l2_norm_clip, self.noise_multiplier, self.sampling,
+                                  self.batch_size, seed))
+
+    def epsilon(self, steps: int | None = None) -> float:
+        """Epsilon at ``delta`` after ``steps`` steps (default: the steps trained so far)."""
+        steps = self.steps_done if steps is None else steps
+        if self.noise_multiplier == 0:
+            return math.inf if steps else 0.0
+        return compute_epsilon(self.noise_multiplier, self.num_examples, self.batch_size,
+                               steps=steps, delta=self.delta, sampling=self.sampling,
+                               accountant=self.accountant)
+
+    def on_train_begin(self, logs=None):
+        if self.target_epsilon is not None:
+            self.max_steps = max_steps_within(
+                self.target_epsilon, self.noise_multiplier, self.num_examples, self.batch_size,
+                delta=self.delta, sampling=self.sampling, accountant=self.accountant)
+            if self.steps_done >= self.max_steps:
+                self.model.stop_training = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps_done += 1
+        if self.max_steps is not None and self.steps_done >= self.max_steps:
+            if not self.model.stop_training:
+                print(f"DPSGD: stopping after {self.steps_done} steps: one more step would "
+                      f"exceed target_epsilon={self.target_epsilon} (epsilon now "
+                      f"{self.epsilon():.3f} at delta={self.delta}).")
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["epsilon"] = self.epsilon()

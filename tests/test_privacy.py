@@ -1,0 +1,178 @@
+"""DP-SGD: exact updates without noise, noise scale, accounting, budget stop, refusals."""
+
+import re
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from dp_accounting import dp_event
+from dp_accounting.rdp import rdp_privacy_accountant
+
+import keras_secure as ks
+from keras_secure.callbacks import DPSGD
+from keras_secure.privacy import compute_epsilon, max_steps_within, poisson_batches
+
+
+def linear(w, b):
+    model = keras.Sequential([keras.Input((len(w),)), keras.layers.Dense(len(b))])
+    model.layers[-1].set_weights([np.asarray(w, np.float32), np.asarray(b, np.float32)])
+    return model
+
+
+def one_step(model, x, y, callback, lr=1.0, loss=None):
+    model.compile(keras.optimizers.SGD(lr),
+                  loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0, callbacks=[callback])
+    return model.get_weights()
+
+
+def test_noise_free_update_is_the_mean_of_hand_clipped_gradients():
+    w = np.array([[0.5, -0.2, 0.1], [0.3, 0.8, -0.5]])
+    b = np.array([0.1, 0.0, -0.1])
+    x = np.array([[1.0, 2.0], [-1.0, 0.5], [3.0, -2.0]], np.float32)
+    y = np.array([0, 2, 1])
+    clip = 0.8
+    new_w, new_b = one_step(linear(w, b), x, y, DPSGD(
+        clip, 0.0, num_examples=3, batch_size=3, delta=1e-5, sampling="shuffle"))
+    # by hand: d CE / d logits = softmax - onehot; dW = x^T (p - e), db = p - e
+    total_w, total_b = np.zeros_like(w), np.zeros_like(b)
+    for xi, yi in zip(x, y):
+        z = xi @ w + b
+        p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        r = p - np.eye(3)[yi]
+        gw, gb = np.outer(xi, r), r
+        norm = np.sqrt((gw ** 2).sum() + (gb ** 2).sum())
+        factor = 1.0 / max(1.0, norm / clip)
+        total_w += factor * gw
+        total_b += factor * gb
+    np.testing.assert_allclose(new_w, w - total_w / 3, atol=1e-6)
+    np.testing.assert_allclose(new_b, b - total_b / 3, atol=1e-6)
+
+
+def test_vectorized_gradients_match_a_slow_per_example_loop(digits):
+    x, y, _, _ = digits
+    x, y = x[:16], y[:16]
+    keras.utils.set_random_seed(0)
+    model = ks.models.small_cnn(width=4, seed=0)
+    start = model.get_weights()
+    clip = 0.5
+    new = one_step(model, x, y, DPSGD(clip, 0.0, num_examples=16, batch_size=16, delta=1e-5),
+                   lr=0.1)
+    reference = ks.models.small_cnn(width=4, seed=0)
+    reference.set_weights(start)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    total = [np.zeros_like(v) for v in start]
+    for xi, yi in zip(x, y):  # the slow reference: one example at a time
+        with tf.GradientTape() as tape:
+            loss = loss_fn(yi[None], reference(xi[None], training=True))
+        grads = [g.numpy() for g in tape.gradient(loss, reference.trainable_variables)]
+        norm = np.sqrt(sum((g ** 2).sum() for g in grads))
+        for t, g in zip(total, grads):
+            t += g / max(1.0, norm / clip)
+    expected = [v - 0.1 * t / 16 for v, t in zip(start, total)]
+    for a, e in zip(new, expected):
+        np.testing.assert_allclose(a, e, atol=2e-6)
+
+
+def test_noise_has_the_calibrated_standard_deviation():
+    sigma, clip, batch = 2.0, 0.5, 10
+    model = linear(np.zeros((20, 50)), np.zeros(50))
+    x = np.random.default_rng(0).normal(size=(batch, 20)).astype(np.float32)
+    y = np.zeros((batch, 50), np.float32)  # MSE at a zero model: every gradient is zero
+    new_w, new_b = one_step(model, x, y, DPSGD(clip, sigma, num_examples=100, batch_size=batch,
+                                               delta=1e-5, seed=0),
+                            loss=keras.losses.MeanSquaredError())
+    update = np.concatenate([new_w.ravel(), new_b.ravel()])
+    expected = sigma * clip / batch
+    # sample std of 1050 Gaussian draws: relative standard error 1 / sqrt(2 * 1050)
+    assert abs(update.std() / expected - 1) < 4 / np.sqrt(2 * update.size)
+    assert abs(update.mean()) < 4 * expected / np.sqrt(update.size)
+
+
+def test_accounting_matches_dp_accounting_and_tensorflow_privacy():
+    eps = compute_epsilon(1.1, 60000, 256, epochs=60, delta=1e-5)
+    accountant = rdp_privacy_accountant.RdpAccountant()
+    accountant.compose(dp_event.SelfComposedDpEvent(
+        dp_event.PoissonSampledDpEvent(256 / 60000, dp_event.GaussianDpEvent(1.1)),
+        int(np.ceil(60 * 60000 / 256))))
+    direct = accountant.get_epsilon(1e-5)
+    assert eps == pytest.approx(direct, rel=0.01) and eps == pytest.approx(2.597, abs=0.005)
+    sys.skip_tf_privacy_import = True  # its top-level import fails on TF >= 2.16
+    from tensorflow_privacy.privacy.analysis import compute_dp_sgd_privacy_lib
+
+    statement = compute_dp_sgd_privacy_lib.compute_dp_sgd_privacy_statement(
+        number_of_examples=60000, batch_size=256, num_epochs=60, noise_multiplier=1.1,
+        delta=1e-5, used_microbatching=False)
+    figures = {line.split(":")[0].strip(): float(re.findall(r"[\d.]+", line.split(":")[-1])[0])
+               for line in statement.splitlines() if line.strip().startswith("Epsilon")}
+    poisson_tfp = figures["Epsilon assuming Poisson sampling (*)"]
+    once_per_epoch_tfp = figures["Epsilon with each example occurring once per epoch"]
+    assert eps == pytest.approx(poisson_tfp, rel=0.01), statement
+    assert compute_epsilon(1.1, 60000, 256, epochs=60, delta=1e-5, accountant="pld") < eps
+    # shuffled fixed batches: no amplification, TF Privacy's "once per epoch" figure (56.95)
+    shuffle = compute_epsilon(1.1, 60000, 256, epochs=60, delta=1e-5, sampling="shuffle")
+    assert shuffle == pytest.approx(once_per_epoch_tfp, rel=0.01) and shuffle > 10 * eps
+    sigma = ks.privacy.noise_multiplier_for(3.0, 1437, 64, epochs=30, delta=1e-5)
+    assert compute_epsilon(sigma, 1437, 64, epochs=30, delta=1e-5) == pytest.approx(3.0,
+                                                                                   abs=0.01)
+
+
+def test_target_epsilon_stops_training_in_budget(digits):
+    x, y, _, _ = digits
+    keras.utils.set_random_seed(0)
+    model = ks.models.small_cnn(width=8, seed=0)
+    model.compile(keras.optimizers.SGD(0.5),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    ds, steps = poisson_batches(x, y, 64, seed=0)
+    dp = DPSGD(1.0, 1.1, num_examples=len(x), batch_size=64, delta=1e-5, target_epsilon=2.0,
+               seed=0)
+    history = model.fit(ds, steps_per_epoch=steps, epochs=50, verbose=0, callbacks=[dp])
+    assert dp.steps_done == dp.max_steps == max_steps_within(2.0, 1.1, len(x), 64, delta=1e-5)
+    assert dp.epsilon() <= 2.0 < dp.epsilon(dp.steps_done + 1)
+    assert len(history.history["epsilon"]) < 50
+    assert history.history["epsilon"][-1] == pytest.approx(dp.epsilon())
+    assert 0.0 <= history.history["clipped_fraction"][-1] <= 1.0
+
+
+def test_poisson_batches():
+    x = np.arange(1000, dtype=np.float32)[:, None]
+    ds, steps = poisson_batches(x, np.zeros(1000), batch_size=50, seed=3)
+    assert steps == 20
+    sizes = [len(b[0]) for b in ds.take(400)]
+    # batch sizes are Binomial(1000, 0.05): mean 50, variance 47.5
+    assert abs(np.mean(sizes) - 50) < 4 * np.sqrt(47.5 / 400)
+    assert np.var(sizes) == pytest.approx(47.5, rel=0.3)
+    again = [len(b[0]) for b in poisson_batches(x, np.zeros(1000), 50, seed=3)[0].take(400)]
+    assert sizes == again
+
+
+def test_dpsgd_refuses_what_voids_the_guarantee(digits):
+    x, y, _, _ = digits
+    bn = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                           keras.layers.BatchNormalization(), keras.layers.Dense(10)])
+    bn.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    dp = dict(num_examples=len(x), batch_size=64, delta=1e-5)
+    with pytest.raises(ValueError, match="BatchNormalization"):
+        bn.fit(x[:64], y[:64], verbose=0, callbacks=[DPSGD(1.0, 1.0, **dp)])
+    for kwargs, match in [
+        (dict(l2_norm_clip=0.0, noise_multiplier=1.0), "`l2_norm_clip`"),
+        (dict(l2_norm_clip=1.0, noise_multiplier=-1.0), "`noise_multiplier`"),
+        (dict(l2_norm_clip=1.0, noise_multiplier=1.0, delta=1.0), "`delta`"),
+        (dict(l2_norm_clip=1.0, noise_multiplier=1.0, batch_size=10_000), "`batch_size`"),
+        (dict(l2_norm_clip=1.0, noise_multiplier=1.0, sampling="random"), "`sampling`"),
+        (dict(l2_norm_clip=1.0, noise_multiplier=1.0, accountant="moments"), "`accountant`"),
+        (dict(l2_norm_clip=1.0, noise_multiplier=0.0, target_epsilon=1.0), "without noise"),
+    ]:
+        with pytest.raises((ValueError, TypeError), match=match):
+            DPSGD(**{**dp, **kwargs})
+    with pytest.raises(ValueError, match="Give exactly one of `epochs` and `steps`"):
+        compute_epsilon(1.0, 100, 10, delta=1e-5)
+    from test_callbacks import PlainGradientStage
+
+    model = ks.models.small_cnn(seed=0)
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(ValueError, match="two gradient stages"):
+        model.fit(x[:8], y[:8], verbose=0, callbacks=[
+            DPSGD(1.0, 1.0, **dp), ks.training.StageCallback(PlainGradientStage())])
