@@ -33,5 +33,5 @@ from keras_secure import (  # noqa: E402
     training,
 )
 
-__all__ = ["attacks", "callbacks", "datasets", "evaluation", "layers", "models", "privacy", "training",
-           "__version__"]
+__all__ = ["attacks", "callbacks", "datasets", "evaluation", "layers", "models", "privacy",
+           "training", "__version__"]
