@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
@@ -25,17 +22,7 @@ import keras_secure as ks  # noqa: E402
 from keras_secure import attacks as A  # noqa: E402
 from keras_secure.callbacks import AdversarialTraining  # noqa: E402
 
-
-class StepTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.epoch_times = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.epoch_times.append(time.perf_counter() - self._start)
+from _common import fit_step_time  # noqa: E402
 
 
 def step_time(build, x, y, callbacks, epochs, batch):
@@ -43,10 +30,7 @@ def step_time(build, x, y, callbacks, epochs, batch):
     model.compile(keras.optimizers.Adam(1e-3),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
-    timer = StepTimer()
-    model.fit(x, y, epochs=epochs, batch_size=batch, verbose=0, callbacks=[*callbacks, timer])
-    steps = -(-len(x) // batch)
-    return statistics.median(timer.epoch_times[1:]) / steps
+    return fit_step_time(model, x, y, callbacks, epochs, batch)
 
 
 def bench(title, build, x, y, eps, epochs, batch):
