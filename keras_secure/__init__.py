@@ -30,8 +30,9 @@ from keras_secure import (  # noqa: E402
     layers,
     models,
     privacy,
+    rl,
     training,
 )
 
-__all__ = ["attacks", "callbacks", "datasets", "evaluation", "layers", "models", "privacy",
+__all__ = ["attacks", "callbacks", "datasets", "evaluation", "layers", "models", "privacy", "rl",
            "training", "__version__"]

@@ -1,0 +1,164 @@
+"""RL wrappers (exact rewards/observations on a fake env), the TF-Agents adapter, metrics."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from keras_secure import rl
+
+
+class Walk(gym.Env):
+    """Observation = [t, 0.5]; reward = 1 per step; terminates after `length` steps."""
+
+    def __init__(self, length=5, truncate=False):
+        self.observation_space = gym.spaces.Box(-10.0, 10.0, (2,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.length, self.truncate = length, truncate
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.array([0.0, 0.5], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        obs = np.array([float(self.t), 0.5], np.float32)
+        end = self.t >= self.length
+        return obs, 1.0, end and not self.truncate, end and self.truncate, {}
+
+
+def rollout(env, seed=0, action=0):
+    env.reset(seed=seed)
+    rewards, infos, done = [], [], False
+    while not done:
+        _, r, terminated, truncated, info = env.step(action)
+        rewards.append(r)
+        infos.append(info)
+        done = terminated or truncated
+    return rewards, infos
+
+
+def test_reward_tampering_modes_are_exact():
+    assert rollout(rl.RewardTampering(Walk(), "flip", probability=1.0))[0] == [-1.0] * 5
+    assert rollout(rl.RewardTampering(Walk(), "scale", 1.0, scale=3.0))[0] == [3.0] * 5
+    assert rollout(rl.RewardTampering(Walk(), "constant", 1.0, value=-2.0))[0] == [-2.0] * 5
+    rewards, infos = rollout(rl.RewardTampering(Walk(), "flip", 1.0, budget=2, start_step=1))
+    assert rewards == [1.0, -1.0, -1.0, 1.0, 1.0]
+    assert [i["reward_tampered"] for i in infos] == [False, True, True, False, False]
+    assert all(i["true_reward"] == 1.0 for i in infos)
+    noisy = rl.RewardTampering(Walk(), "noise", 1.0, noise_std=0.5)
+    assert rollout(noisy, seed=3)[0] == rollout(noisy, seed=3)[0] != rollout(noisy, seed=4)[0]
+
+
+def test_reward_tampering_probability_matches_its_rate():
+    env = rl.RewardTampering(Walk(length=2000), "flip", probability=0.2)
+    rewards, _ = rollout(env, seed=0)
+    rate = np.mean(np.asarray(rewards) < 0)
+    assert abs(rate - 0.2) < 4 * np.sqrt(0.2 * 0.8 / 2000)
+
+
+def test_wrappers_do_not_shift_the_environment_random_stream():
+    base = gym.make("CartPole-v1")
+    wrapped = rl.ObservationNoise(rl.RewardTampering(gym.make("CartPole-v1"), "noise", 1.0),
+                                  eps=0.0)
+    for seed in (0, 1):
+        a, _ = base.reset(seed=seed)
+        b, _ = wrapped.reset(seed=seed)
+        np.testing.assert_array_equal(a, b)
+        for _ in range(5):
+            a = base.step(0)[0]
+            b = wrapped.step(0)[0]
+        np.testing.assert_array_equal(a, b)
+
+
+def test_observation_noise_stays_in_its_ball():
+    for kind, bound in (("linf", lambda d: np.abs(d).max()), ("l2", np.linalg.norm)):
+        env = rl.ObservationNoise(Walk(), eps=0.1, kind=kind)
+        env.reset(seed=0)
+        deltas = [env.step(0)[0] - np.array([t, 0.5]) for t in range(1, 6)]
+        assert all(0 < bound(d) <= 0.1 + 1e-6 for d in deltas)
+    gauss = rl.ObservationNoise(Walk(length=4000), eps=0.2, kind="gaussian")
+    gauss.reset(seed=0)
+    samples = np.array([gauss.step(0)[0][1] - 0.5 for _ in range(4000)])
+    assert abs(samples.std() / 0.2 - 1) < 4 / np.sqrt(2 * 4000)
+    off = rl.ObservationNoise(Walk(), eps=0.1, probability=0.0)
+    off.reset(seed=0)
+    np.testing.assert_array_equal(off.step(0)[0], [1.0, 0.5])
+
+
+def test_reward_shaping_is_potential_based():
+    env = rl.RewardShaping(Walk(), potential=lambda s: float(s[0]), gamma=0.9)
+    rewards, infos = rollout(env)
+    # F = 0.9 * t - (t - 1) for t = 1..4, and Phi(s') = 0 at termination (t = 5): F = -4
+    expected = [1.0 + 0.9 * t - (t - 1) for t in range(1, 5)] + [1.0 - 4.0]
+    np.testing.assert_allclose(rewards, expected)
+    # with gamma = 1 the shaping telescopes to -Phi(s0) = 0 over an episode
+    assert sum(rollout(rl.RewardShaping(Walk(), lambda s: float(s[0]), 1.0))[0]) == 5.0
+    truncated = rl.RewardShaping(Walk(truncate=True), lambda s: float(s[0]), 1.0)
+    assert sum(rollout(truncated)[0]) == 5.0 + 5.0  # truncation keeps Phi(s') = 5
+
+
+@pytest.mark.parametrize("make", [
+    lambda: rl.RewardTampering(gym.make("CartPole-v1"), "noise", 0.5),
+    lambda: rl.ObservationNoise(gym.make("CartPole-v1"), eps=0.05),
+    lambda: rl.RewardShaping(gym.make("CartPole-v1"), lambda s: -abs(float(s[2]))),
+], ids=["RewardTampering", "ObservationNoise", "RewardShaping"])
+def test_wrapped_envs_pass_gymnasium_checks(make):
+    check_env(make(), skip_render_check=True)
+
+
+def test_tf_agents_adapter_validates_and_maps_discounts():
+    from tf_agents.environments import utils
+    from tf_agents.trajectories import time_step as ts
+
+    from keras_secure.rl.tf_agents import to_tf_agents
+
+    env = to_tf_agents(rl.RewardTampering(gym.make("CartPole-v1"), "flip", 0.3), seed=0)
+    utils.validate_py_environment(env, episodes=3)
+    terminated = to_tf_agents(Walk(length=2), discount=0.99, seed=0)
+    steps = [terminated.reset(), terminated.step(0), terminated.step(0)]
+    assert [s.step_type for s in steps] == [ts.StepType.FIRST, ts.StepType.MID, ts.StepType.LAST]
+    assert float(steps[1].discount) == pytest.approx(0.99) and float(steps[2].discount) == 0.0
+    truncated = to_tf_agents(Walk(length=1, truncate=True), discount=0.99)
+    truncated.reset()
+    last = truncated.step(0)
+    assert last.step_type == ts.StepType.LAST and float(last.discount) == pytest.approx(0.99)
+    assert truncated.step(0).step_type == ts.StepType.FIRST  # auto reset after LAST
+
+
+def test_metrics():
+    clean = rl.evaluate_policy(Walk(), lambda obs: 0, episodes=3)
+    assert clean.mean == 5.0 and clean.std == 0.0 and clean.lengths == (5, 5, 5)
+    tampered = rl.RewardTampering(Walk(), "flip", 1.0)
+    assert rl.evaluate_policy(tampered, lambda obs: 0, episodes=2).mean == 5.0  # true reward
+    assert rl.evaluate_policy(tampered, lambda obs: 0, episodes=2, true_reward=False).mean == -5
+    assert rl.reward_retention(120.0, 480.0) == 0.25
+    assert rl.reward_restoration(400.0, 500.0) == 0.8
+    with pytest.raises(ValueError, match="`clean`"):
+        rl.reward_retention(1.0, 0.0)
+
+    def policy(obs):
+        return int(obs[1] > 0.5)
+
+    noise = rl.ObservationNoise(Walk(), eps=0.1)
+    noise.reset(seed=0)
+    deviation = rl.policy_deviation(Walk(), policy, noise.observation, episodes=20)
+    assert 0.3 < deviation < 0.7  # the perturbed coordinate crosses 0.5 about half the time
+    assert rl.policy_deviation(Walk(), policy, lambda obs: obs) == 0.0
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: rl.RewardTampering(Walk(), "invert"), "`mode`"),
+    (lambda: rl.RewardTampering(Walk(), probability=1.5), "`probability`"),
+    (lambda: rl.RewardTampering(Walk(), budget=-1), "`budget`"),
+    (lambda: rl.ObservationNoise(Walk(), eps=-0.1), "`eps`"),
+    (lambda: rl.ObservationNoise(gym.make("FrozenLake-v1"), eps=0.1), "Box observation"),
+    (lambda: rl.RewardShaping(Walk(), potential=3.0), "`potential` must be callable"),
+    (lambda: rl.RewardShaping(Walk(), potential=lambda a, b: 0.0), "`potential` must map"),
+    (lambda: rl.RewardShaping(Walk(), potential=lambda s: float("nan")), "finite number"),
+    (lambda: rl.RewardShaping(Walk(), lambda s: 0.0, gamma=1.5), "`gamma`"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_invalid_arguments(make, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        make()
