@@ -162,3 +162,107 @@ def test_metrics():
 def test_invalid_arguments(make, match):
     with pytest.raises((ValueError, TypeError), match=match):
         make()
+
+
+class Echo(gym.Env):
+    """Observation = [t, last action]; reward = 1; 200 steps."""
+
+    def __init__(self):
+        self.observation_space = gym.spaces.Box(-1000.0, 1000.0, (2,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.array([0.0, 0.0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.array([self.t, action], np.float32), 1.0, self.t >= 200, False, {}
+
+
+def threshold_policy():
+    """Scores [x1 - 0.55, 0.55 - x1]: action 1 at the Walk env's x1 = 0.5."""
+    import keras
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    model.layers[-1].set_weights([np.array([[0.0, 0.0], [1.0, -1.0]], np.float32),
+                                  np.array([-0.55, 0.55], np.float32)])
+    return model
+
+
+def test_adversarial_observation_flips_the_greedy_action():
+    from keras_secure import attacks
+
+    policy = threshold_policy()
+    env = rl.AdversarialObservation(Walk(), policy, attacks.FGSM(0.1))
+    env.reset(seed=0)
+    obs = env.step(0)[0]
+    np.testing.assert_allclose(obs, [1.0, 0.6], atol=1e-6)  # pushed across the threshold
+    greedy = lambda o: int(np.argmax(policy(np.asarray(o)[None])))  # noqa: E731
+    assert greedy([1.0, 0.5]) == 1 and greedy(obs) == 0
+    assert rl.policy_deviation(Walk(), greedy, env.observation, episodes=2) == 1.0
+    with pytest.raises(ValueError, match=r"shape \(batch, 2\)"):
+        rl.AdversarialObservation(Walk(), lambda x: x[:, :1], attacks.FGSM(0.1))
+    with pytest.raises(TypeError, match="untargeted keras_secure attack"):
+        rl.AdversarialObservation(Walk(), policy, "fgsm")
+    with pytest.raises(ValueError, match="Box observation"):
+        rl.AdversarialObservation(gym.make("FrozenLake-v1"), policy, attacks.FGSM(0.1))
+
+
+def test_action_perturbation():
+    env = rl.ActionPerturbation(Echo(), probability=1.0)
+    env.reset(seed=0)
+    executed = [env.step(1)[0][1] for _ in range(200)]
+    assert abs(np.mean(executed) - 0.5) < 4 * np.sqrt(0.25 / 200)
+    never = rl.ActionPerturbation(Echo(), probability=0.0)
+    never.reset(seed=0)
+    assert all(never.step(1)[0][1] == 1 for _ in range(20))
+    worst = rl.ActionPerturbation(Echo(), probability=1.0, mode="adversarial",
+                                  q_fn=lambda x: np.tile([[5.0, 1.0]], (len(x), 1)))
+    worst.reset(seed=0)
+    assert all(worst.step(0)[0][1] == 1 for _ in range(10))  # argmin Q = action 1
+    with pytest.raises((ValueError, TypeError), match="`q_fn`"):
+        rl.ActionPerturbation(Echo(), mode="adversarial")
+
+
+def test_reward_guard_repairs_tampered_rewards():
+    tampered = rl.RewardTampering(Walk(length=300), "flip", probability=0.3)
+    guard = rl.RewardGuard(tampered, reward_range=(0.0, 1.0))
+    rewards, infos = rollout(guard, seed=0)
+    assert min(rewards) >= 0.0 and rewards[3:].count(1.0) == len(rewards) - 3 \
+        or all(r == 1.0 for r in rewards[3:])
+    assert [i["reward_repaired"] for i in infos] == [i["reward_tampered"] for i in infos]
+    # without known bounds: robust statistics flag the outliers
+    spikes = rl.RewardGuard(rl.RewardTampering(Walk(length=300), "constant", 0.05, value=50.0))
+    rewards, infos = rollout(spikes, seed=1)
+    flagged = [i["reward_repaired"] for i in infos]
+    tampered_steps = [i["reward_tampered"] for i in infos]
+    assert flagged[3:] == tampered_steps[3:] and max(rewards[3:]) == 1.0
+    with pytest.raises(ValueError, match="`window`"):
+        rl.RewardGuard(Walk(), window=2)
+
+
+def test_observation_denoising():
+    from keras_secure.layers import BitDepthReduction
+
+    env = rl.ObservationDenoising(Walk(), BitDepthReduction(2, value_range=(-10.0, 10.0)))
+    env.reset(seed=0)
+    obs = env.step(0)[0]
+    levels = np.linspace(-10, 10, 4)
+    assert all(np.isclose(levels, v).any() for v in obs)
+    with pytest.raises(ValueError, match="keep the shape"):
+        rl.ObservationDenoising(Walk(), lambda x: x[:, :1])
+
+
+@pytest.mark.parametrize("make", [
+    lambda: rl.AdversarialObservation(
+        gym.make("CartPole-v1"),
+        __import__("keras").Sequential([__import__("keras").Input((4,)),
+                                        __import__("keras").layers.Dense(2)]),
+        __import__("keras_secure").attacks.FGSM(0.01)),
+    lambda: rl.ActionPerturbation(gym.make("CartPole-v1"), probability=0.2),
+    lambda: rl.RewardGuard(gym.make("CartPole-v1"), reward_range=(0.0, 1.0)),
+], ids=["AdversarialObservation", "ActionPerturbation", "RewardGuard"])
+def test_more_wrapped_envs_pass_gymnasium_checks(make):
+    check_env(make(), skip_render_check=True)

@@ -8,7 +8,17 @@ from keras_secure.rl.metrics import (
     reward_restoration,
     reward_retention,
 )
-from keras_secure.rl.wrappers import ObservationNoise, RewardShaping, RewardTampering
+from keras_secure.rl.wrappers import (
+    ActionPerturbation,
+    AdversarialObservation,
+    ObservationDenoising,
+    ObservationNoise,
+    RewardGuard,
+    RewardShaping,
+    RewardTampering,
+)
 
-__all__ = ["EpisodeStats", "ObservationNoise", "RewardShaping", "RewardTampering",
+__all__ = ["ActionPerturbation", "AdversarialObservation", "EpisodeStats",
+           "ObservationDenoising", "ObservationNoise", "RewardGuard", "RewardShaping",
+           "RewardTampering",
            "evaluate_policy", "policy_deviation", "reward_restoration", "reward_retention"]

@@ -216,7 +216,8 @@ class RewardShaping(gym.Wrapper, RecordConstructorArgs):
 
     def __init__(self, env: gym.Env, potential: Callable[[Any], SupportsFloat],
                  gamma: float = 0.99):
-        RecordConstructorArgs.__init__(self, potential=potential, gamma=gamma)
+        RecordConstructorArgs.__init__(self, potential=potential, gamma=gamma,
+                                       _disable_deepcopy=True)
         gym.Wrapper.__init__(self, env)
         if not callable(potential):
             raise TypeError(f"`potential` must be callable. Received: potential={potential!r}")
@@ -246,3 +247,255 @@ class RewardShaping(gym.Wrapper, RecordConstructorArgs):
         info = dict(info)
         info["shaping"] = shaping
         return obs, float(reward) + shaping, terminated, truncated, info
+
+
+def _check_policy(env, policy_fn, name="policy_fn"):
+    """Call ``policy_fn`` on one sample observation: it must return ``(1, n_actions)``."""
+    import tensorflow as tf
+
+    if not callable(policy_fn):
+        raise TypeError(f"`{name}` must be callable. Received: {name}={policy_fn!r}")
+    sample = np.asarray(env.observation_space.sample(), np.float32)[np.newaxis]
+    try:
+        out = policy_fn(tf.constant(sample))
+    except Exception as err:  # noqa: BLE001 - report what the user's function did
+        raise TypeError(f"`{name}` must map a batch of observations to action scores; calling "
+                        f"it on a batch of one raised {type(err).__name__}: {err}") from err
+    shape = tuple(np.shape(out))
+    n = env.action_space.n
+    if shape != (1, n):
+        raise ValueError(f"`{name}` must return scores of shape (batch, {n}) (one per action). "
+                         f"Received: shape {shape} for a batch of one observation")
+
+
+class AdversarialObservation(gym.ObservationWrapper, RecordConstructorArgs):
+    """Gradient attack on the agent's own network through its observations (Huang et al. 2017).
+
+    Each observation is replaced by ``attack(policy_fn, obs, greedy_action)``: a keras_secure
+    evasion attack (FGSM, PGD, ...) that pushes the network's scores away from the action it
+    would take, inside the attack's ``eps`` ball (observation units), clipped to the space's
+    finite bounds. ``policy_fn`` maps a batch of observations to action logits or Q-values: a
+    Keras model, or a TF-Agents network via ``lambda obs: network(obs)[0]``. White-box: the
+    attacker knows the network.
+
+    Args:
+        env: an environment with a ``Box`` observation space and ``Discrete`` actions.
+        policy_fn: batch of observations -> scores ``(batch, n_actions)``.
+        attack: an untargeted keras_secure attack (its ``value_range`` should be None unless
+            the observations are bounded).
+
+    Raises:
+        ValueError / TypeError: for other spaces, a targeted or non-keras_secure attack, or a
+            ``policy_fn`` that does not return ``(batch, n_actions)`` scores (checked at
+            construction on a sample observation).
+
+    Example:
+        >>> env = AdversarialObservation(gymnasium.make("CartPole-v1"), q_network,
+        ...                              ks.attacks.FGSM(eps=0.05))
+
+    References:
+        Huang, Papernot, Goodfellow, Duan & Abbeel (2017), "Adversarial Attacks on Neural
+        Network Policies".
+    """
+
+    def __init__(self, env: gym.Env, policy_fn: Callable, attack):
+        from keras_secure.attacks.base import Attack
+
+        # Models and attacks hold TensorFlow state that cannot be deep-copied: recorded as they are.
+        RecordConstructorArgs.__init__(self, policy_fn=policy_fn, attack=attack,
+                                       _disable_deepcopy=True)
+        gym.ObservationWrapper.__init__(self, env)
+        if not isinstance(env.observation_space, gym.spaces.Box):
+            raise ValueError("`env` must have a Box observation space for AdversarialObservation "
+                             f"(gradients need continuous observations). Received: "
+                             f"observation_space={env.observation_space}")
+        if not isinstance(env.action_space, gym.spaces.Discrete):
+            raise ValueError("`env` must have a Discrete action space for AdversarialObservation. "
+                             f"Received: action_space={env.action_space}")
+        if not isinstance(attack, Attack) or attack.targeted:
+            raise TypeError("`attack` must be an untargeted keras_secure attack. "
+                            f"Received: attack={attack!r}")
+        _check_policy(env, policy_fn)
+        self.policy_fn, self.attack = policy_fn, attack
+
+    def observation(self, observation):
+        space = self.observation_space
+        x = np.asarray(observation, np.float32)[np.newaxis]
+        x_adv = np.asarray(self.attack(self.policy_fn, x))[0]
+        return np.clip(x_adv, space.low, space.high).astype(space.dtype)
+
+
+class ActionPerturbation(_OwnRandom, gym.ActionWrapper, RecordConstructorArgs):
+    """Action-perturbation attack: with probability ``probability`` the executed action is
+    replaced - by a uniformly random action (``"random"``), or by the action a Q-function rates
+    worst (``"adversarial"``, Discrete actions). ``info`` is unchanged; the agent never learns
+    which actions were replaced.
+
+    Args:
+        env: the environment.
+        probability: per-step replacement probability in [0, 1]. Defaults to 0.1.
+        mode: ``"random"`` or ``"adversarial"``. Defaults to ``"random"``.
+        q_fn: for ``"adversarial"``: batch of observations -> ``(batch, n_actions)`` values.
+
+    Raises:
+        ValueError / TypeError: for arguments out of range, ``"adversarial"`` without a valid
+            ``q_fn`` or with non-Discrete actions.
+
+    Example:
+        >>> env = ActionPerturbation(gymnasium.make("CartPole-v1"), probability=0.1)
+
+    References:
+        Tessler, Efroni & Mannor (2019), "Action Robust Reinforcement Learning and Applications
+        in Continuous Control", ICML.
+    """
+
+    _salt = 0xAC7
+
+    def __init__(self, env: gym.Env, probability: float = 0.1, mode: str = "random",
+                 q_fn: Callable | None = None):
+        RecordConstructorArgs.__init__(self, probability=probability, mode=mode, q_fn=q_fn,
+                                       _disable_deepcopy=True)
+        gym.ActionWrapper.__init__(self, env)
+        self.probability = _check_probability("probability", probability)
+        self.mode = check_choice("mode", mode, ("random", "adversarial"))
+        if mode == "adversarial":
+            if not isinstance(env.action_space, gym.spaces.Discrete):
+                raise ValueError("mode='adversarial' needs a Discrete action space. "
+                                 f"Received: action_space={env.action_space}")
+            _check_policy(env, q_fn, "q_fn")
+        self.q_fn = q_fn
+        self._rng = None
+        self._obs = None
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        self._seed_rng(seed)
+        self.action_space.seed(None if seed is None else int(self.rng.integers(2 ** 31)))
+        self._obs, info = self.env.reset(seed=seed, options=options)
+        return self._obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        self._obs = obs
+        return obs, reward, terminated, truncated, info
+
+    def action(self, action):
+        if self.rng.random() >= self.probability:
+            return action
+        if self.mode == "random":
+            return self.action_space.sample()
+        scores = np.asarray(self.q_fn(np.asarray(self._obs, np.float32)[np.newaxis]))[0]
+        return int(np.argmin(scores))
+
+
+class RewardGuard(gym.Wrapper, RecordConstructorArgs):
+    """Detects and repairs tampered rewards (a defence against :class:`RewardTampering`).
+
+    A reward is flagged when it lies outside the known ``reward_range`` (if given), or when it
+    deviates from the median of the last ``window`` accepted rewards by more than ``threshold``
+    robust standard deviations (``1.4826 * MAD``, the median absolute deviation; floored at
+    ``min_scale``). A flagged reward is replaced by that running median (or clipped to
+    ``reward_range`` before enough history exists). ``info["reward_repaired"]`` marks repairs.
+    The statistics persist across episodes.
+
+    Args:
+        env: the environment.
+        reward_range: ``(low, high)`` of the true rewards, or None. Defaults to None.
+        window: rewards kept for the statistics, >= 3. Defaults to 100.
+        threshold: robust z-score above which a reward is flagged, > 0. Defaults to 4.0.
+        min_scale: lower bound of the robust std, > 0 (for constant rewards). Defaults to 1e-3.
+
+    Raises:
+        ValueError / TypeError: for arguments out of range.
+
+    Example:
+        >>> env = RewardGuard(RewardTampering(gymnasium.make("CartPole-v1")), reward_range=(0, 1))
+
+    References:
+        Huber (1964), robust statistics (median/MAD); reward-poisoning defences, e.g. Banihashem
+        et al. (2021), "Defense Against Reward Poisoning Attacks in Reinforcement Learning".
+    """
+
+    def __init__(self, env: gym.Env, reward_range: tuple[float, float] | None = None,
+                 window: int = 100, threshold: float = 4.0, min_scale: float = 1e-3):
+        from keras_secure.attacks.base import check_value_range
+
+        RecordConstructorArgs.__init__(self, reward_range=reward_range, window=window,
+                                       threshold=threshold, min_scale=min_scale)
+        gym.Wrapper.__init__(self, env)
+        if reward_range is not None:
+            low, high = reward_range
+            if low == high:
+                self.guard_range = (float(low), float(high))
+            else:
+                self.guard_range = check_value_range(reward_range)
+        else:
+            self.guard_range = None
+        self.window = check_number("window", window, low=3, integer=True)
+        self.threshold = check_number("threshold", threshold, low=0.0, low_inclusive=False)
+        self.min_scale = check_number("min_scale", min_scale, low=0.0, low_inclusive=False)
+        self._history: list[float] = []
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        reward = float(reward)
+        repaired = reward
+        history = np.asarray(self._history[-self.window:])
+        flagged = False
+        if self.guard_range is not None:
+            flagged = not (self.guard_range[0] <= reward <= self.guard_range[1])
+            repaired = float(np.clip(reward, *self.guard_range))
+        if len(history) >= 3:
+            median = float(np.median(history))
+            scale = max(1.4826 * float(np.median(np.abs(history - median))), self.min_scale)
+            if flagged or abs(reward - median) > self.threshold * scale:
+                flagged, repaired = True, median
+        if not flagged:
+            self._history.append(reward)
+            self._history = self._history[-self.window:]
+        info = dict(info)
+        info["reward_repaired"] = bool(flagged)
+        return obs, (repaired if flagged else reward), terminated, truncated, info
+
+
+class ObservationDenoising(gym.ObservationWrapper, RecordConstructorArgs):
+    """Applies a denoiser to every observation (a defence against observation perturbations).
+
+    ``denoiser`` is a keras_secure denoising layer or any callable mapping a batch of
+    observations to a batch of the same shape - e.g. ``BitDepthReduction`` with the
+    observations' range, or a :class:`~keras_secure.layers.LearnedDenoiser` trained on noisy
+    observations. The result is clipped to the observation space.
+
+    Args:
+        env: an environment with a ``Box`` observation space.
+        denoiser: batch -> batch of the same shape (checked at construction on a sample).
+
+    Raises:
+        ValueError / TypeError: for a non-Box space or a denoiser that changes the shape.
+
+    Example:
+        >>> env = ObservationDenoising(env, ks.layers.BitDepthReduction(6, value_range=(-5, 5)))
+
+    References:
+        Xu et al. (2018) (squeezing inputs) applied to states, as in Zhang et al. (2020), "Robust
+        Deep Reinforcement Learning against Adversarial Perturbations on State Observations".
+    """
+
+    def __init__(self, env: gym.Env, denoiser: Callable):
+        RecordConstructorArgs.__init__(self, denoiser=denoiser, _disable_deepcopy=True)
+        gym.ObservationWrapper.__init__(self, env)
+        if not isinstance(env.observation_space, gym.spaces.Box):
+            raise ValueError("`env` must have a Box observation space for ObservationDenoising. "
+                             f"Received: observation_space={env.observation_space}")
+        if not callable(denoiser):
+            raise TypeError(f"`denoiser` must be callable. Received: denoiser={denoiser!r}")
+        sample = np.asarray(env.observation_space.sample(), np.float32)[np.newaxis]
+        out_shape = tuple(np.shape(denoiser(sample)))
+        if out_shape != sample.shape:
+            raise ValueError(f"`denoiser` must keep the shape {sample.shape} of a batch of "
+                             f"observations. Received: {out_shape}")
+        self.denoiser = denoiser
+
+    def observation(self, observation):
+        space = self.observation_space
+        out = np.asarray(self.denoiser(np.asarray(observation, np.float32)[np.newaxis]))[0]
+        return np.clip(out, space.low, space.high).astype(space.dtype)
