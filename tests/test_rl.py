@@ -266,3 +266,30 @@ def test_observation_denoising():
 ], ids=["AdversarialObservation", "ActionPerturbation", "RewardGuard"])
 def test_more_wrapped_envs_pass_gymnasium_checks(make):
     check_env(make(), skip_render_check=True)
+
+
+def test_dynamic_reward_shaping():
+    # clean rewards: the weight stays at base_weight and it is plain potential-based shaping
+    clean = rl.DynamicRewardShaping(Walk(length=50), lambda s: float(s[0]), gamma=1.0)
+    rewards, infos = rollout(clean)
+    assert all(i["shaping_weight"] == 1.0 and not i["reward_anomaly"] for i in infos)
+    assert sum(rewards) == pytest.approx(50.0)  # telescopes with gamma = 1 and Phi(s0) = 0
+    # tampered rewards: anomalies raise the weight, and with gamma = 1 the dynamic shaping
+    # still telescopes over an episode (policy invariance), whatever the weights were
+    attacked = rl.DynamicRewardShaping(
+        rl.RewardTampering(Walk(length=400), "constant", 0.3, value=-20.0),
+        lambda s: float(s[0]) / 100, gamma=1.0, gain=4.0)
+    rewards, infos = rollout(attacked, seed=0)
+    weights = [i["shaping_weight"] for i in infos]
+    assert max(weights) > 1.5 and weights[0] == 1.0
+    flagged = [i["reward_anomaly"] for i in infos][5:]
+    tampered = [i["reward_tampered"] for i in infos][5:]
+    assert flagged == tampered
+    true_total = sum(-20.0 if t else 1.0 for t in [i["reward_tampered"] for i in infos])
+    assert sum(rewards) == pytest.approx(true_total, abs=1e-6)
+    with pytest.raises(ValueError, match="`decay`"):
+        rl.DynamicRewardShaping(Walk(), lambda s: 0.0, decay=1.0)
+    with pytest.raises(TypeError, match="`potential`"):
+        rl.DynamicRewardShaping(Walk(), "phi")
+    check_env(rl.DynamicRewardShaping(gym.make("CartPole-v1"), lambda s: -abs(float(s[2]))),
+              skip_render_check=True)

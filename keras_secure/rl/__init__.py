@@ -11,6 +11,7 @@ from keras_secure.rl.metrics import (
 from keras_secure.rl.wrappers import (
     ActionPerturbation,
     AdversarialObservation,
+    DynamicRewardShaping,
     ObservationDenoising,
     ObservationNoise,
     RewardGuard,
@@ -18,7 +19,7 @@ from keras_secure.rl.wrappers import (
     RewardTampering,
 )
 
-__all__ = ["ActionPerturbation", "AdversarialObservation", "EpisodeStats",
+__all__ = ["ActionPerturbation", "AdversarialObservation", "DynamicRewardShaping", "EpisodeStats",
            "ObservationDenoising", "ObservationNoise", "RewardGuard", "RewardShaping",
            "RewardTampering",
            "evaluate_policy", "policy_deviation", "reward_restoration", "reward_retention"]

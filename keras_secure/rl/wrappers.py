@@ -387,6 +387,32 @@ class ActionPerturbation(_OwnRandom, gym.ActionWrapper, RecordConstructorArgs):
         return int(np.argmin(scores))
 
 
+class _RobustRewardStats:
+    """Running median / MAD of the last ``window`` accepted rewards, flagging outliers."""
+
+    def __init__(self, window: int, threshold: float, min_scale: float):
+        self.window, self.threshold, self.min_scale = window, threshold, min_scale
+        self.history: list[float] = []
+
+    def median(self) -> float | None:
+        return float(np.median(self.history)) if len(self.history) >= 3 else None
+
+    def is_outlier(self, reward: float) -> bool:
+        """True if ``reward`` is more than ``threshold`` robust stds from the median (needs at
+        least 3 accepted rewards)."""
+        if len(self.history) < 3:
+            return False
+        history = np.asarray(self.history)
+        median = float(np.median(history))
+        scale = max(1.4826 * float(np.median(np.abs(history - median))), self.min_scale)
+        return abs(reward - median) > self.threshold * scale
+
+    def accept(self, reward: float) -> None:
+        self.history.append(reward)
+        if len(self.history) > self.window:
+            del self.history[0]
+
+
 class RewardGuard(gym.Wrapper, RecordConstructorArgs):
     """Detects and repairs tampered rewards (a defence against :class:`RewardTampering`).
 
@@ -433,25 +459,20 @@ class RewardGuard(gym.Wrapper, RecordConstructorArgs):
         self.window = check_number("window", window, low=3, integer=True)
         self.threshold = check_number("threshold", threshold, low=0.0, low_inclusive=False)
         self.min_scale = check_number("min_scale", min_scale, low=0.0, low_inclusive=False)
-        self._history: list[float] = []
+        self._stats = _RobustRewardStats(self.window, self.threshold, self.min_scale)
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
         reward = float(reward)
-        repaired = reward
-        history = np.asarray(self._history[-self.window:])
-        flagged = False
+        flagged, repaired = False, reward
         if self.guard_range is not None:
             flagged = not (self.guard_range[0] <= reward <= self.guard_range[1])
             repaired = float(np.clip(reward, *self.guard_range))
-        if len(history) >= 3:
-            median = float(np.median(history))
-            scale = max(1.4826 * float(np.median(np.abs(history - median))), self.min_scale)
-            if flagged or abs(reward - median) > self.threshold * scale:
-                flagged, repaired = True, median
+        median = self._stats.median()
+        if median is not None and (flagged or self._stats.is_outlier(reward)):
+            flagged, repaired = True, median
         if not flagged:
-            self._history.append(reward)
-            self._history = self._history[-self.window:]
+            self._stats.accept(reward)
         info = dict(info)
         info["reward_repaired"] = bool(flagged)
         return obs, (repaired if flagged else reward), terminated, truncated, info
@@ -499,3 +520,86 @@ class ObservationDenoising(gym.ObservationWrapper, RecordConstructorArgs):
         space = self.observation_space
         out = np.asarray(self.denoiser(np.asarray(observation, np.float32)[np.newaxis]))[0]
         return np.clip(out, space.low, space.high).astype(space.dtype)
+
+
+class DynamicRewardShaping(gym.Wrapper, RecordConstructorArgs):
+    """Potential-based shaping whose weight grows with the rate of detected reward anomalies.
+
+    Definition. With a potential ``Phi`` and a weight ``w_t``, the shaped reward is
+    ``r_t + gamma * w_{t+1} * Phi(s_{t+1}) - w_t * Phi(s_t)`` (``Phi = 0`` after termination):
+    dynamic potential-based shaping with the time-varying potential ``w_t * Phi``, which keeps
+    the optimal policies of the original MDP (Devlin & Kudenko 2012). The weight is
+    ``w_t = base_weight + gain * a_t``, where ``a_t`` is an exponential moving average (rate
+    ``1 - decay``) of anomaly flags: a reward is anomalous when it lies more than ``threshold``
+    robust standard deviations (1.4826 MAD) from the median of the last ``window`` non-anomalous
+    rewards. Under reward tampering the anomaly rate rises, the shaping term - which the
+    attacker does not control - weighs more, and the learning signal stays informative; with
+    clean rewards ``w_t`` stays near ``base_weight``. Rewards are not repaired here (compose
+    with :class:`RewardGuard` for that). ``info`` gets ``shaping``, ``shaping_weight`` and
+    ``reward_anomaly``.
+
+    Args:
+        env: the environment.
+        potential: ``Phi``: observation -> finite number.
+        gamma: discount in [0, 1]. Defaults to 0.99.
+        base_weight: weight without anomalies, >= 0. Defaults to 1.0.
+        gain: weight added at an anomaly rate of 1, >= 0. Defaults to 4.0.
+        decay: EMA decay of the anomaly rate in [0, 1). Defaults to 0.95.
+        window, threshold, min_scale: the detector's, as in :class:`RewardGuard`.
+
+    Raises:
+        ValueError / TypeError: for arguments out of range or an invalid ``potential``.
+
+    Example:
+        >>> env = DynamicRewardShaping(RewardTampering(gymnasium.make("CartPole-v1")),
+        ...                            potential=lambda s: -abs(float(s[2])))
+
+    References:
+        Ng, Harada & Russell (1999); Devlin & Kudenko (2012), "Dynamic Potential-Based Reward
+        Shaping", AAMAS.
+    """
+
+    def __init__(self, env: gym.Env, potential: Callable[[Any], SupportsFloat],
+                 gamma: float = 0.99, base_weight: float = 1.0, gain: float = 4.0,
+                 decay: float = 0.95, window: int = 100, threshold: float = 4.0,
+                 min_scale: float = 1e-3):
+        RecordConstructorArgs.__init__(self, potential=potential, gamma=gamma,
+                                       base_weight=base_weight, gain=gain, decay=decay,
+                                       window=window, threshold=threshold, min_scale=min_scale,
+                                       _disable_deepcopy=True)
+        gym.Wrapper.__init__(self, env)
+        self.potential = RewardShaping(env, potential, gamma).potential  # same validation
+        self.gamma = check_number("gamma", gamma, low=0.0, high=1.0)
+        self.base_weight = check_number("base_weight", base_weight, low=0.0)
+        self.gain = check_number("gain", gain, low=0.0)
+        self.decay = check_number("decay", decay, low=0.0, high=1.0, high_inclusive=False)
+        self._stats = _RobustRewardStats(
+            check_number("window", window, low=3, integer=True),
+            check_number("threshold", threshold, low=0.0, low_inclusive=False),
+            check_number("min_scale", min_scale, low=0.0, low_inclusive=False))
+        self.anomaly_rate = 0.0
+        self._weighted_phi = 0.0
+
+    @property
+    def weight(self) -> float:
+        """The current shaping weight ``w_t``."""
+        return self.base_weight + self.gain * self.anomaly_rate
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._weighted_phi = self.weight * float(self.potential(obs))
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        reward = float(reward)
+        anomaly = self._stats.is_outlier(reward)
+        if not anomaly:
+            self._stats.accept(reward)
+        self.anomaly_rate = self.decay * self.anomaly_rate + (1.0 - self.decay) * float(anomaly)
+        phi_next = 0.0 if terminated else self.weight * float(self.potential(obs))
+        shaping = self.gamma * phi_next - self._weighted_phi
+        self._weighted_phi = phi_next
+        info = dict(info)
+        info.update(shaping=shaping, shaping_weight=self.weight, reward_anomaly=bool(anomaly))
+        return obs, reward + shaping, terminated, truncated, info
