@@ -139,6 +139,10 @@ def logits_function(model) -> Callable[[tf.Tensor], tf.Tensor]:
 
     Raises:
         TypeError: if ``model`` is not callable, or ends in a softmax that cannot be undone.
+
+    Example:
+        >>> probs = keras.Sequential([logits_model, keras.layers.Softmax()])
+        >>> logits = logits_function(probs)(x)   # == logits_model(x)
     """
     if not callable(model):
         raise TypeError(
@@ -386,6 +390,13 @@ class Attack:
         eot_samples: gradient attacks only: number of model evaluations whose gradients are
             averaged per step (Expectation over Transformation), >= 1. Use > 1 against models
             with random layers.
+
+    Example:
+        >>> class Identity(Attack):
+        ...     name = "Identity"
+        ...     def _perturb(self, logits_fn, x, y):
+        ...         return x
+        >>> Identity(eps=0.1)(model, x, y)
     """
 
     name = "attack"

@@ -38,6 +38,10 @@ class AttackResult:
             none).
         median_perturbation: median of the same (NaN if none).
         seconds: wall-clock time of the attack over all examples.
+
+    Example:
+        >>> row = report["PGD-Linf (eps=0.1)"]
+        >>> row.adversarial_accuracy, row.success_rate
     """
 
     attack: str

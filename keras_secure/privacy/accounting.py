@@ -30,7 +30,16 @@ ACCOUNTANTS = ("rdp", "pld")
 
 def make_accountant(accountant: str = "rdp"):
     """A fresh ``dp_accounting`` accountant: ``"rdp"`` (Renyi DP) or ``"pld"`` (privacy loss
-    distributions, tighter)."""
+    distributions, tighter).
+
+    Raises:
+        ValueError: for another name.
+
+    Example:
+        >>> accountant = make_accountant("pld")
+        >>> accountant.compose(dp_sgd_event(1.1, 60000, 256, 14063))
+        >>> accountant.get_epsilon(1e-5)
+    """
     check_choice("accountant", accountant, ACCOUNTANTS)
     if accountant == "rdp":
         return rdp_privacy_accountant.RdpAccountant()

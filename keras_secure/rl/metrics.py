@@ -15,7 +15,12 @@ from keras_secure.attacks.base import check_number
 @dataclasses.dataclass(frozen=True)
 class EpisodeStats:
     """Returns of a set of episodes: ``mean``, ``std``, and each episode's ``returns`` and
-    ``lengths``."""
+    ``lengths``.
+
+    Example:
+        >>> stats = evaluate_policy(env, policy, episodes=10)
+        >>> f"{stats.mean:.1f} +- {stats.std:.1f}"
+    """
 
     mean: float
     std: float

@@ -44,6 +44,13 @@ class Stage:
       losses (for the metrics and the ``loss`` log); ``per_example_loss(y, y_pred,
       sample_weight)`` gives the compiled loss of each example
       (:meth:`TrainingHook.per_example_loss`).
+
+    Example:
+        >>> class FlipLabels(Stage):           # a poisoning experiment: a batch stage
+        ...     transforms_batch = True
+        ...     def transform(self, model, x, y, sample_weight):
+        ...         return x, 9 - y, sample_weight
+        >>> model.fit(x, y, callbacks=[StageCallback(FlipLabels())])
     """
 
     transforms_batch = False
@@ -75,7 +82,12 @@ class Stage:
 
 
 class TrainingHook:
-    """The stages attached to one model, and the installed step. Use :func:`attach`."""
+    """The stages attached to one model, and the installed step. Use :func:`attach`.
+
+    Example:
+        >>> hook = attach(model, stage)
+        >>> [type(s).__name__ for s in hook.stages]
+    """
 
     def __init__(self, model: keras.Model):
         self.model = model
@@ -270,14 +282,26 @@ def attach(model, stage: Stage) -> TrainingHook:
 
 
 def hook_of(model) -> TrainingHook | None:
-    """The model's :class:`TrainingHook`, or None."""
+    """The model's :class:`TrainingHook`, or None.
+
+    Example:
+        >>> hook_of(model) is None   # after fit, the hook is gone
+        True
+    """
     return getattr(model, "__dict__", {}).get(_ATTR)
 
 
 class StageCallback(keras.callbacks.Callback):
     """Base class of callbacks that own a :class:`Stage`: attaches it in ``set_model``, resets
     the stage logs each epoch, forwards epoch/batch events to the stage, and detaches at the
-    end of training."""
+    end of training.
+
+    Args:
+        stage: the :class:`Stage` this callback contributes.
+
+    Example:
+        >>> model.fit(x, y, callbacks=[StageCallback(MyStage())])
+    """
 
     def __init__(self, stage: Stage):
         super().__init__()
