@@ -230,8 +230,8 @@ def test_reward_guard_repairs_tampered_rewards():
     tampered = rl.RewardTampering(Walk(length=300), "flip", probability=0.3)
     guard = rl.RewardGuard(tampered, reward_range=(0.0, 1.0))
     rewards, infos = rollout(guard, seed=0)
-    assert min(rewards) >= 0.0 and rewards[3:].count(1.0) == len(rewards) - 3 \
-        or all(r == 1.0 for r in rewards[3:])
+    assert min(rewards) >= 0.0
+    assert all(r == 1.0 for r in rewards[3:])  # after 3 accepted rewards: repaired to the median
     assert [i["reward_repaired"] for i in infos] == [i["reward_tampered"] for i in infos]
     # without known bounds: robust statistics flag the outliers
     spikes = rl.RewardGuard(rl.RewardTampering(Walk(length=300), "constant", 0.05, value=50.0))

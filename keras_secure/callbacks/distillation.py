@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_secure.attacks.base import check_number, logits_function
+from keras_secure.attacks.base import check_number, ends_in_softmax, logits_function
 from keras_secure.training.hook import Stage, StageCallback
 
 
@@ -30,8 +30,6 @@ class _DistillationStage(Stage):
         self._student_from_logits = True
 
     def check_model(self, model):
-        from keras_secure.attacks.base import ends_in_softmax
-
         student = int(model.output_shape[-1])
         teacher = int(self.teacher.output_shape[-1])
         if student != teacher:

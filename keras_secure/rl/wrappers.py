@@ -188,6 +188,22 @@ class ObservationNoise(_OwnRandom, gym.ObservationWrapper, RecordConstructorArgs
         return out.astype(space.dtype)
 
 
+def _check_potential(env, potential):
+    """``potential`` must map one observation of ``env`` to a finite number (checked on a
+    sample observation); returns it."""
+    if not callable(potential):
+        raise TypeError(f"`potential` must be callable. Received: potential={potential!r}")
+    try:
+        value = float(potential(env.observation_space.sample()))
+    except Exception as err:  # noqa: BLE001 - report what the user's function did
+        raise TypeError("`potential` must map one observation to a number; calling it on "
+                        f"a sample observation raised {type(err).__name__}: {err}") from err
+    if not math.isfinite(value):
+        raise TypeError(f"`potential` must return a finite number. Received: {value!r} for "
+                        "a sample observation")
+    return potential
+
+
 class RewardShaping(gym.Wrapper, RecordConstructorArgs):
     """Potential-based reward shaping (Ng, Harada & Russell 1999), a policy-invariant defence.
 
@@ -219,19 +235,8 @@ class RewardShaping(gym.Wrapper, RecordConstructorArgs):
         RecordConstructorArgs.__init__(self, potential=potential, gamma=gamma,
                                        _disable_deepcopy=True)
         gym.Wrapper.__init__(self, env)
-        if not callable(potential):
-            raise TypeError(f"`potential` must be callable. Received: potential={potential!r}")
+        self.potential = _check_potential(env, potential)
         self.gamma = check_number("gamma", gamma, low=0.0, high=1.0)
-        sample = env.observation_space.sample()
-        try:
-            value = float(potential(sample))
-        except Exception as err:  # noqa: BLE001 - report what the user's function did
-            raise TypeError("`potential` must map one observation to a number; calling it on "
-                            f"a sample observation raised {type(err).__name__}: {err}") from err
-        if not math.isfinite(value):
-            raise TypeError(f"`potential` must return a finite number. Received: {value!r} for "
-                            "a sample observation")
-        self.potential = potential
         self._phi = 0.0
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -568,7 +573,7 @@ class DynamicRewardShaping(gym.Wrapper, RecordConstructorArgs):
                                        window=window, threshold=threshold, min_scale=min_scale,
                                        _disable_deepcopy=True)
         gym.Wrapper.__init__(self, env)
-        self.potential = RewardShaping(env, potential, gamma).potential  # same validation
+        self.potential = _check_potential(env, potential)
         self.gamma = check_number("gamma", gamma, low=0.0, high=1.0)
         self.base_weight = check_number("base_weight", base_weight, low=0.0)
         self.gain = check_number("gain", gain, low=0.0)

@@ -220,11 +220,12 @@ class TrainingHook:
             loss = self._original_compute_loss(x=x, y=y, y_pred=y_pred,
                                                sample_weight=sample_weight, training=training)
         if training:
-            base = loss * tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
+            # Keras scales the compiled loss by 1 / replicas; stages see and add unscaled values.
+            replicas = tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
+            base = loss * replicas
             for stage in self._stages("adds_loss"):
                 extra = stage.loss(self.model, x, y, y_pred, sample_weight, base)
-                loss = loss + tf.cast(extra, loss.dtype) / tf.cast(
-                    tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
+                loss = loss + tf.cast(extra, loss.dtype) / replicas
         return loss
 
     def per_example_loss(self, y, y_pred, sample_weight=None):
