@@ -1,4 +1,5 @@
-"""Differential privacy: accounting (dp_accounting) and Poisson-sampled batches."""
+"""Differential privacy: accounting (dp_accounting), Poisson-sampled batches and the
+membership-inference audit (TensorFlow Privacy's attacks)."""
 
 from keras_secure.privacy.accounting import (
     compute_epsilon,
@@ -7,7 +8,8 @@ from keras_secure.privacy.accounting import (
     max_steps_within,
     noise_multiplier_for,
 )
+from keras_secure.privacy.audit import MembershipAudit, audit_membership
 from keras_secure.privacy.data import poisson_batches
 
-__all__ = ["compute_epsilon", "dp_sgd_event", "make_accountant", "max_steps_within",
-           "noise_multiplier_for", "poisson_batches"]
+__all__ = ["MembershipAudit", "audit_membership", "compute_epsilon", "dp_sgd_event",
+           "make_accountant", "max_steps_within", "noise_multiplier_for", "poisson_batches"]
