@@ -51,29 +51,97 @@ def test_noise_free_update_is_the_mean_of_hand_clipped_gradients():
     np.testing.assert_allclose(new_b, b - total_b / 3, atol=1e-6)
 
 
-def test_vectorized_gradients_match_a_slow_per_example_loop(digits):
-    x, y, _, _ = digits
-    x, y = x[:16], y[:16]
+class _Scale(keras.layers.Layer):
+    """A layer owning a variable and a sub-layer: ghost clipping cannot split it per layer."""
+
+    def build(self, input_shape):
+        self.inner = keras.layers.Dense(input_shape[-1])
+        self.inner.build(input_shape)
+        self.scale = self.add_weight(shape=(), initializer="ones")
+
+    def call(self, x):
+        return self.scale * self.inner(x)
+
+
+def _text_model():
+    """Embedding (repeated ids) -> Dense on a sequence -> LayerNormalization (per-layer
+    fallback) -> pooling -> Dense, plus a Dense applied twice (shared weights)."""
+    ids = keras.Input((6,), dtype="int32")
+    h = keras.layers.Embedding(5, 4)(ids)
+    h = keras.layers.Dense(6, activation="tanh")(h)
+    h = keras.layers.LayerNormalization()(h)
+    shared = keras.layers.Dense(6, activation="relu")
+    h = shared(shared(keras.layers.GlobalAveragePooling1D()(h)))
+    return keras.Model(ids, keras.layers.Dense(3)(h))
+
+
+def _conv_model():
+    """Conv2D in both ghost regimes: materialized (T=64, 2T^2 > k*c) and ghost norms
+    (strided, dilated: T=9, 2T^2 < k*c)."""
+    x = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+    h = keras.layers.Conv2D(16, 3, strides=2, dilation_rate=1, padding="valid")(h)
+    h = keras.layers.Conv2D(40, 2, dilation_rate=2, padding="same", use_bias=False)(h)
+    h = keras.layers.Flatten()(h)
+    return keras.Model(x, keras.layers.Dense(3)(h))
+
+
+def _data(kind, n=12):
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, n)
+    if kind == "text":
+        return rng.integers(0, 5, (n, 6)).astype(np.int32), y
+    return rng.uniform(0, 1, (n, 8, 8, 3)).astype(np.float32), y
+
+
+@pytest.mark.parametrize("clipping", ["vectorized", "ghost"])
+@pytest.mark.parametrize("arch", ["digits_cnn", "text", "conv"])
+def test_clipped_gradients_match_a_slow_per_example_loop(digits, arch, clipping):
+    if arch == "digits_cnn":
+        x, y = digits[0][:16], digits[1][:16]
+        make = lambda: ks.models.small_cnn(width=4, seed=0)  # noqa: E731
+    else:
+        x, y = _data(arch)
+        make = _text_model if arch == "text" else _conv_model
     keras.utils.set_random_seed(0)
-    model = ks.models.small_cnn(width=4, seed=0)
+    model = make()
     start = model.get_weights()
-    clip = 0.5
-    new = one_step(model, x, y, DPSGD(clip, 0.0, num_examples=16, batch_size=16, delta=1e-5),
-                   lr=0.1)
-    reference = ks.models.small_cnn(width=4, seed=0)
+    keras.utils.set_random_seed(0)
+    reference = make()
     reference.set_weights(start)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    total = [np.zeros_like(v) for v in start]
+    per_example = []
     for xi, yi in zip(x, y):  # the slow reference: one example at a time
         with tf.GradientTape() as tape:
             loss = loss_fn(yi[None], reference(xi[None], training=True))
-        grads = [g.numpy() for g in tape.gradient(loss, reference.trainable_variables)]
-        norm = np.sqrt(sum((g ** 2).sum() for g in grads))
-        for t, g in zip(total, grads):
-            t += g / max(1.0, norm / clip)
-    expected = [v - 0.1 * t / 16 for v, t in zip(start, total)]
+        per_example.append([tf.convert_to_tensor(g).numpy() for g in
+                            tape.gradient(loss, reference.trainable_variables)])
+    norms = [np.sqrt(sum((g ** 2).sum() for g in grads)) for grads in per_example]
+    n, clip = len(x), float(np.median(norms))  # half the examples are clipped
+    total = [sum(grads[j] / max(1.0, norm / clip) for grads, norm in zip(per_example, norms))
+             for j in range(len(start))]
+    callback = DPSGD(clip, 0.0, num_examples=n, batch_size=n, delta=1e-5, clipping=clipping)
+    new = one_step(model, x, y, callback, lr=0.1)
+    assert (callback.stage.plan is not None) == (clipping == "ghost")
+    expected = [v - 0.1 * t / n for v, t in zip(start, total)]
     for a, e in zip(new, expected):
-        np.testing.assert_allclose(a, e, atol=2e-6)
+        np.testing.assert_allclose(a, e, atol=3e-6)
+
+
+def test_ghost_clipping_refuses_what_it_cannot_split_and_auto_falls_back():
+    def model():
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([keras.Input((4,)), _Scale(), keras.layers.Dense(2)])
+
+    x, y = np.ones((4, 4), np.float32), np.array([0, 1, 0, 1])
+    with pytest.raises(ValueError, match="owns variables and has sub-layers"):
+        one_step(model(), x, y, DPSGD(1.0, 0.0, num_examples=4, batch_size=4, delta=1e-5,
+                                      clipping="ghost"))
+    auto = DPSGD(1.0, 0.0, num_examples=4, batch_size=4, delta=1e-5)
+    one_step(model(), x, y, auto)
+    assert auto.stage.plan is None  # whole-model vectorized path
+    with pytest.raises(ValueError, match="clipping"):
+        DPSGD(1.0, 0.0, num_examples=4, batch_size=4, delta=1e-5, clipping="fast")
 
 
 def test_noise_has_the_calibrated_standard_deviation():

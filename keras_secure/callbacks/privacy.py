@@ -8,6 +8,7 @@ import keras
 import tensorflow as tf
 
 from keras_secure.attacks.base import check_choice, check_number
+from keras_secure.privacy import ghost
 from keras_secure.privacy.accounting import (
     ACCOUNTANTS,
     SAMPLINGS,
@@ -23,15 +24,20 @@ def _mixing_layers(model):
             if isinstance(layer, keras.layers.BatchNormalization)]
 
 
+CLIPPINGS = ("auto", "ghost", "vectorized")
+
+
 class _DPStage(Stage):
     computes_gradients = True
     needs_labels = True
     log_names = ("clipped_fraction",)
 
-    def __init__(self, l2_norm_clip, noise_multiplier, sampling, batch_size, seed):
+    def __init__(self, l2_norm_clip, noise_multiplier, sampling, batch_size, clipping, seed):
         super().__init__()
         self.clip, self.sigma = l2_norm_clip, noise_multiplier
         self.sampling, self.batch_size = sampling, batch_size
+        self.clipping = clipping
+        self.plan = None  # ghost plan {layer: kind} when the ghost path is used
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def check_model(self, model):
@@ -50,34 +56,74 @@ class _DPStage(Stage):
                 "DPSGD does not support tf.distribute strategies with more than one replica yet "
                 "(the noise must be added once per global batch). "
                 f"Received: a strategy with {replicas} replicas")
+        self.plan = None
+        if self.clipping != "vectorized":
+            plan, problems = ghost.ghost_plan(model)
+            if problems and self.clipping == "ghost":
+                raise ValueError(
+                    "DPSGD(clipping='ghost') cannot compute per-example gradient norms of this "
+                    f"model layer by layer: {'; '.join(problems)}. Use clipping='auto' (falls "
+                    "back to whole-model per-example gradients) or 'vectorized'.")
+            self.plan = None if problems else plan
 
-    def apply_gradients(self, model, x, y, sample_weight, per_example_loss):
-        variables = model.trainable_variables
+    def _factors(self, sq_norms):
+        norms = tf.sqrt(sq_norms)
+        self.record("clipped_fraction", tf.cast(norms > self.clip, tf.float32))
+        return 1.0 / tf.maximum(1.0, norms / self.clip)
+
+    def _clipped_sum_vectorized(self, model, x, y, weights, per_example_loss, variables):
+        """Whole-model per-example gradients (tf.vectorized_map), clipped and summed."""
         n = tf.shape(x)[0]
-        weights = (tf.ones([n]) if sample_weight is None
-                   else tf.cast(tf.reshape(sample_weight, [-1]), tf.float32))
 
         def one_example(inputs):
             xi, yi, wi = inputs
             with tf.GradientTape() as tape:
                 pred = model(xi[tf.newaxis], training=True)
                 loss = per_example_loss(yi[tf.newaxis], pred)[0] * wi
-            return tape.gradient(loss, variables), pred[0], loss
+            return (tape.gradient(loss, variables,
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO),
+                    pred[0], loss)
 
         grads, y_pred, losses = tf.vectorized_map(one_example, (x, y, weights))
-        sq_norms = tf.add_n([tf.reduce_sum(tf.reshape(tf.square(g), [n, -1]), axis=1)
-                             for g in grads])
-        norms = tf.sqrt(sq_norms)
-        factors = 1.0 / tf.maximum(1.0, norms / self.clip)
-        self.record("clipped_fraction", tf.cast(norms > self.clip, tf.float32))
+        flat = [tf.reshape(g, [n, -1]) for g in grads]
+        factors = self._factors(tf.add_n([tf.reduce_sum(tf.square(g), axis=1) for g in flat]))
+        summed = [tf.reshape(tf.tensordot(factors, g, axes=1), tf.shape(v))
+                  for g, v in zip(flat, variables)]
+        return summed, y_pred, losses
+
+    def _clipped_sum_ghost(self, model, x, y, weights, per_example_loss, variables):
+        """One batched forward pass; per-example norms from the layers' inputs and output
+        gradients (ghost norms); the clipped sum as a backward pass weighted by the factors."""
+        with tf.GradientTape(persistent=True) as tape:
+            with ghost.recording(self.plan, tape) as records:
+                y_pred = model(x, training=True)
+            losses = per_example_loss(y, y_pred) * weights
+            total = tf.reduce_sum(losses)
+        calls = [c for layer_calls in records.values() for c in layer_calls
+                 if c.target is not None]
+        output_grads = tape.gradient(total, [c.target for c in calls])
+        sq_norms = ghost.squared_norms(
+            self.plan, records, {id(c.target): g for c, g in zip(calls, output_grads)},
+            tf.shape(x)[0])
+        factors = tf.stop_gradient(self._factors(sq_norms))
+        summed = tape.gradient(losses, variables, output_gradients=factors,
+                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        del tape
+        return summed, y_pred, losses
+
+    def apply_gradients(self, model, x, y, sample_weight, per_example_loss):
+        variables = model.trainable_variables
+        n = tf.shape(x)[0]
+        weights = (tf.ones([n]) if sample_weight is None
+                   else tf.cast(tf.reshape(sample_weight, [-1]), tf.float32))
+        clipped_sum = (self._clipped_sum_vectorized if self.plan is None
+                       else self._clipped_sum_ghost)
+        summed, y_pred, losses = clipped_sum(model, x, y, weights, per_example_loss, variables)
         denominator = (float(self.batch_size) if self.sampling == "poisson"
                        else tf.cast(tf.maximum(n, 1), tf.float32))
-        updates = []
-        for g, v in zip(grads, variables):
-            summed = tf.tensordot(factors, tf.reshape(g, [n, -1]), axes=1)
-            noise = keras.random.normal([tf.size(v)], stddev=self.sigma * self.clip,
-                                        seed=self.seed_generator)
-            updates.append(tf.reshape((summed + noise) / denominator, tf.shape(v)))
+        updates = [(tf.convert_to_tensor(g) + keras.random.normal(tf.shape(v), stddev=self.sigma * self.clip,
+                                            seed=self.seed_generator)) / denominator
+                   for g, v in zip(summed, variables)]
         model.optimizer.apply_gradients(zip(updates, variables))
         return y_pred, losses
 
@@ -86,7 +132,8 @@ class DPSGD(StageCallback):
     """Differentially private SGD for Keras 3 models (Abadi et al. 2016), as a ``fit`` callback.
 
     Replaces the gradient of each training step: per-example gradients of the compiled loss are
-    computed vectorized (``tf.vectorized_map``, no Python loop over examples), each clipped to
+    computed without a Python loop over examples (by default with ghost norms where the layers
+    allow, else ``tf.vectorized_map``; see ``clipping``), each clipped to
     L2 norm ``l2_norm_clip`` over all trainable variables jointly, summed, given Gaussian noise
     of std ``noise_multiplier * l2_norm_clip`` once per batch, and divided by the expected batch
     size (``sampling="poisson"``) or the batch size (``"shuffle"``); the model's own optimizer
@@ -113,6 +160,14 @@ class DPSGD(StageCallback):
             None.
         accountant: ``"rdp"`` or ``"pld"``. Defaults to ``"rdp"``.
         sampling: ``"poisson"`` or ``"shuffle"``. Defaults to ``"poisson"``.
+        clipping: how per-example gradient norms are obtained. ``"ghost"``: from one batched
+            forward/backward pass without materializing per-example gradients (Dense, Conv2D
+            and Embedding exactly; other single-input leaf layers by per-example gradients of
+            that layer alone; see :mod:`keras_secure.privacy.ghost`), then a second backward
+            pass weighted by the clip factors; refused at ``fit`` for models it cannot cover.
+            ``"vectorized"``: whole-model per-example gradients with ``tf.vectorized_map``.
+            ``"auto"``: ghost when it covers the model, else vectorized. Both give the same
+            clipped gradient (tested). Defaults to ``"auto"``.
         seed: seed of the noise. Defaults to None.
 
     Raises:
@@ -131,7 +186,8 @@ class DPSGD(StageCallback):
 
     def __init__(self, l2_norm_clip: float, noise_multiplier: float, *, num_examples: int,
                  batch_size: int, delta: float, target_epsilon: float | None = None,
-                 accountant: str = "rdp", sampling: str = "poisson", seed: int | None = None):
+                 accountant: str = "rdp", sampling: str = "poisson", clipping: str = "auto",
+                 seed: int | None = None):
         self.l2_norm_clip = check_number("l2_norm_clip", l2_norm_clip, low=0.0,
                                          low_inclusive=False)
         self.noise_multiplier = check_number("noise_multiplier", noise_multiplier, low=0.0)
@@ -144,13 +200,14 @@ class DPSGD(StageCallback):
                                            low_inclusive=False, allow_none=True)
         self.accountant = check_choice("accountant", accountant, ACCOUNTANTS)
         self.sampling = check_choice("sampling", sampling, SAMPLINGS)
+        self.clipping = check_choice("clipping", clipping, CLIPPINGS)
         if self.target_epsilon is not None and self.noise_multiplier == 0:
             raise ValueError("`target_epsilon` cannot be met without noise. "
                              "Received: noise_multiplier=0")
         self.steps_done = 0
         self.max_steps = None
         super().__init__(_DPStage(self.l2_norm_clip, self.noise_multiplier, self.sampling,
-                                  self.batch_size, seed))
+                                  self.batch_size, self.clipping, seed))
 
     def epsilon(self, steps: int | None = None) -> float:
         """Epsilon at ``delta`` after ``steps`` steps (default: the steps trained so far)."""

@@ -1,0 +1,232 @@
+"""Per-example gradient norms without per-example gradients ("ghost clipping").
+
+For a layer computing ``z = a W (+ b)`` the gradient of example i's loss with respect to ``W``
+is ``a_i^T g_i`` with ``g_i = dloss_i / dz_i``; its squared norm is ``||a_i||^2 ||g_i||^2``
+when ``a_i`` is a vector (Goodfellow 2015) and ``sum_{t,s} (a_t . a_s)(g_t . g_s)`` when the
+layer is applied at T positions (a sequence, or the patches of a convolution; Li et al. 2022),
+computed as such when ``2 T^2`` is below the gradient's size and by forming ``a_i^T g_i``
+otherwise (Bu et al. 2023's mixed rule). So one batched forward pass and one backward pass to
+the layers' outputs give every example's gradient norm, and a second backward pass, weighted by
+the clip factors, gives the sum of clipped gradients.
+
+Supported exactly: ``Dense`` (any input rank), ``Conv2D`` (channels_last, groups=1, any strides,
+dilation and padding "valid"/"same") and ``Embedding`` (repeated ids handled exactly). Other
+layers that own trainable variables, take one tensor input and have no sub-layers (e.g.
+``LayerNormalization``) fall back, per layer, to per-example gradients of that layer alone
+(``tf.vectorized_map`` over the layer's recorded inputs and output gradients). Anything else -
+variables owned by a model or by a layer with sub-layers, multi-input layers, LoRA or quantized
+layers treated generically - is reported by :func:`ghost_plan` so the caller can use whole-model
+per-example gradients instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import keras
+import tensorflow as tf
+
+DENSE, CONV2D, EMBEDDING, GENERIC = "dense", "conv2d", "embedding", "generic"
+
+
+def _own_trainable(layer):
+    return [v for v in layer._trainable_variables if v.trainable] if layer.trainable else []
+
+
+def _kind(layer):
+    if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
+        return GENERIC
+    if type(layer) is keras.layers.Dense:
+        return DENSE
+    if (type(layer) is keras.layers.Conv2D and layer.data_format == "channels_last"
+            and layer.groups == 1 and layer.padding in ("valid", "same")):
+        return CONV2D
+    if type(layer) is keras.layers.Embedding:
+        return EMBEDDING
+    return GENERIC
+
+
+def ghost_plan(model):
+    """Decide how each trainable layer's per-example gradient norm is obtained.
+
+    Args:
+        model: a built Keras model.
+
+    Returns:
+        ``(plan, problems)``: ``plan`` maps each layer owning trainable variables to
+        ``"dense"``, ``"conv2d"``, ``"embedding"`` (ghost norms) or ``"generic"`` (per-layer
+        per-example gradients); ``problems`` lists why ghost clipping cannot cover the model
+        (empty when it can).
+
+    Example:
+        >>> plan, problems = ghost_plan(model)
+        >>> {layer.name: kind for layer, kind in plan.items()}
+        {'conv2d': 'conv2d', 'dense': 'dense'}
+    """
+    plan, problems, covered = {}, [], set()
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        own = _own_trainable(layer)
+        if not own:
+            continue
+        sub = [s for s in layer._flatten_layers(include_self=False, recursive=True)
+               if s.trainable_variables]
+        if sub:
+            problems.append(f"layer {layer.name!r} owns variables and has sub-layers")
+            continue
+        plan[layer] = _kind(layer)
+        covered.update(id(v) for v in own)
+    stray = [v.path for v in model.trainable_variables if id(v) not in covered]
+    if stray and not problems:
+        problems.append(f"variables not owned by a layer: {stray}")
+    return plan, problems
+
+
+class _Call:
+    """One recorded call of a layer: its input, its watched output (or pre-activation) and the
+    keyword arguments of the call."""
+
+    __slots__ = ("inputs", "target", "kwargs")
+
+    def __init__(self, inputs, target, kwargs):
+        self.inputs, self.target, self.kwargs = inputs, target, kwargs
+
+
+@contextlib.contextmanager
+def recording(plan, tape):
+    """Record, during a batched forward pass inside ``tape``, each planned layer's inputs and
+    the tensor whose gradient gives its per-example gradients (pre-activation for Dense and
+    Conv2D, output otherwise). The layers' ``call`` / ``activation`` are replaced on the
+    instances for the duration of the block only.
+
+    Yields:
+        ``{layer: [_Call, ...]}``, filled by the forward pass (one entry per call, so shared
+        layers are handled).
+    """
+    records = {layer: [] for layer in plan}
+    patched = []
+    try:
+        for layer, kind in plan.items():
+            original_call = layer.call
+
+            def call(*args, _layer=layer, _kind=kind, _call=original_call, **kwargs):
+                if len(args) != 1 or not isinstance(args[0], tf.Tensor):
+                    raise ValueError(
+                        f"Ghost clipping: layer {_layer.name!r} was called with "
+                        f"{len(args)} positional inputs; only single-tensor layers are "
+                        "supported. Use DPSGD(..., clipping='vectorized').")
+                if _kind == GENERIC and any(isinstance(v, tf.Tensor) for v in kwargs.values()):
+                    raise ValueError(
+                        f"Ghost clipping: layer {_layer.name!r} was called with tensor keyword "
+                        f"arguments {sorted(kwargs)}; its per-example gradients cannot be "
+                        "recomputed per layer. Use DPSGD(..., clipping='vectorized').")
+                record = _Call(args[0], None, kwargs)
+                records[_layer].append(record)
+                out = _call(*args, **kwargs)
+                if _kind in (EMBEDDING, GENERIC):
+                    tape.watch(out)
+                    record.target = out
+                return out
+
+            object.__setattr__(layer, "call", call)
+            patched.append((layer, "call", None))
+            if kind in (DENSE, CONV2D):
+                original_activation = layer.activation
+
+                def activation(z, _layer=layer, _act=original_activation):
+                    tape.watch(z)
+                    records[_layer][-1].target = z
+                    return _act(z)
+
+                patched.append((layer, "activation", original_activation))
+                object.__setattr__(layer, "activation", activation)
+        yield records
+    finally:
+        for layer, name, original in reversed(patched):
+            if original is None:
+                del layer.__dict__[name]
+            else:
+                object.__setattr__(layer, name, original)
+
+
+def _rows(t, n):
+    """(n, T, d) view of a per-example tensor (n, ..., d), with static T and d when known."""
+    middle, d = t.shape[1:-1], t.shape[-1]
+    if middle.is_fully_defined() and d is not None:
+        return tf.reshape(t, [n, middle.num_elements(), d])
+    return tf.reshape(t, [n, -1, tf.shape(t)[-1]])
+
+
+def _outer_norms(a, g):
+    """Squared Frobenius norms of sum_t a_t g_t^T per example; a (n,T,k), g (n,T,c)."""
+    t, k, c = a.shape[1], a.shape[2], g.shape[2]
+    if t == 1:
+        return tf.reduce_sum(tf.square(a[:, 0]), 1) * tf.reduce_sum(tf.square(g[:, 0]), 1)
+    if t is not None and k is not None and c is not None and 2 * t * t >= k * c:
+        return tf.reduce_sum(tf.square(tf.einsum("ntk,ntc->nkc", a, g)), axis=[1, 2])
+    return tf.reduce_sum(tf.einsum("ntk,nsk->nts", a, a) * tf.einsum("ntc,nsc->nts", g, g),
+                         axis=[1, 2])
+
+
+def _patches(layer, x):
+    kh, kw = layer.kernel_size
+    sh, sw = layer.strides
+    dh, dw = layer.dilation_rate
+    return tf.image.extract_patches(x, sizes=[1, kh, kw, 1], strides=[1, sh, sw, 1],
+                                    rates=[1, dh, dw, 1], padding=layer.padding.upper())
+
+
+def squared_norms(plan, records, grads, n):
+    """Per-example squared gradient norms over all planned layers' variables.
+
+    Args:
+        plan: from :func:`ghost_plan`.
+        records: from :func:`recording`, after the forward pass.
+        grads: ``{id(call.target): gradient of the summed loss}`` for every recorded call.
+        n: batch size (scalar tensor).
+
+    Returns:
+        A float32 tensor of shape ``(n,)``.
+    """
+    total = tf.zeros([n])
+    for layer, kind in plan.items():
+        calls = [c for c in records[layer] if c.target is not None]
+        if not calls:
+            continue
+        gs = [grads[id(c.target)] for c in calls]
+        gs = [tf.zeros_like(c.target) if g is None else g for c, g in zip(calls, gs)]
+        if kind == GENERIC:
+            total += _generic_norms(layer, calls, gs)
+            continue
+        if kind == EMBEDDING:
+            ids = tf.concat([tf.reshape(c.inputs, [n, -1]) for c in calls], axis=1)
+            g = tf.concat([_rows(tf.cast(gi, tf.float32), n) for gi in gs], axis=1)
+            same = tf.cast(tf.equal(ids[:, :, None], ids[:, None, :]), tf.float32)
+            total += tf.reduce_sum(same * tf.einsum("ntd,nsd->nts", g, g), axis=[1, 2])
+            continue
+        if kind == CONV2D:
+            a = [_patches(layer, tf.cast(c.inputs, tf.float32)) for c in calls]
+        else:
+            a = [tf.cast(c.inputs, tf.float32) for c in calls]
+        a = tf.concat([_rows(ai, n) for ai in a], axis=1)
+        g = tf.concat([_rows(tf.cast(gi, tf.float32), n) for gi in gs], axis=1)
+        total += _outer_norms(a, g)
+        if layer.bias is not None:
+            total += tf.reduce_sum(tf.square(tf.reduce_sum(g, axis=1)), axis=1)
+    return total
+
+
+def _generic_norms(layer, calls, gs):
+    """Per-example gradient norms of one layer's own variables by per-example VJPs of that
+    layer alone (all its calls summed per example)."""
+    variables = _own_trainable(layer)
+
+    def one_example(inputs):
+        per_call = []
+        for (xi, gi), c in zip(inputs, calls):
+            with tf.GradientTape() as tape:
+                out = layer.call(xi[tf.newaxis], **c.kwargs)
+            per_call.append(tape.gradient(out, variables, output_gradients=gi[tf.newaxis]))
+        summed = [tf.add_n([pc[j] for pc in per_call]) for j in range(len(variables))]
+        return tf.add_n([tf.reduce_sum(tf.square(tf.cast(s, tf.float32))) for s in summed])
+
+    return tf.vectorized_map(one_example, [(c.inputs, g) for c, g in zip(calls, gs)])
