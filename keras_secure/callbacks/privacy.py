@@ -93,23 +93,37 @@ class _DPStage(Stage):
 
     def _clipped_sum_ghost(self, model, x, y, weights, per_example_loss, variables):
         """One batched forward pass; per-example norms from the layers' inputs and output
-        gradients (ghost norms); the clipped sum as a backward pass weighted by the factors."""
+        gradients (ghost norms); the clipped sum from each layer's own last step, with output
+        gradients weighted by the clip factors (book-keeping)."""
+        n = tf.shape(x)[0]
         with tf.GradientTape(persistent=True) as tape:
             with ghost.recording(self.plan, tape) as records:
                 y_pred = model(x, training=True)
             losses = per_example_loss(y, y_pred) * weights
             total = tf.reduce_sum(losses)
-        calls = [c for layer_calls in records.values() for c in layer_calls
+        calls = [(layer, c) for layer, layer_calls in records.items() for c in layer_calls
                  if c.target is not None]
-        output_grads = tape.gradient(total, [c.target for c in calls])
-        sq_norms = ghost.squared_norms(
-            self.plan, records, {id(c.target): g for c, g in zip(calls, output_grads)},
-            tf.shape(x)[0])
+        output_grads = tape.gradient(total, [c.target for _, c in calls],
+                                     unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        grads = {id(c.target): g for (_, c), g in zip(calls, output_grads)}
+        sq_norms, per_example = ghost.squared_norms(self.plan, records, grads, n)
         factors = tf.stop_gradient(self._factors(sq_norms))
-        summed = tape.gradient(losses, variables, output_gradients=factors,
-                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        summed = {}
+        for layer, layer_grads in per_example.items():
+            for v, g in zip(ghost.own_trainable(layer), layer_grads):
+                summed[id(v)] = tf.tensordot(factors, g, axes=1)
+        for layer, c in calls:
+            if layer in per_example:
+                continue
+            g = grads[id(c.target)]
+            weighted = g * tf.reshape(tf.cast(factors, g.dtype),
+                                      [-1] + [1] * (g.shape.rank - 1))
+            own = ghost.own_trainable(layer)
+            parts = tape.gradient(c.target, own, output_gradients=weighted,
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            summed.update((id(v), tf.convert_to_tensor(p)) for v, p in zip(own, parts))
         del tape
-        return summed, y_pred, losses
+        return [summed[id(v)] for v in variables], y_pred, losses
 
     def apply_gradients(self, model, x, y, sample_weight, per_example_loss):
         variables = model.trainable_variables
@@ -121,7 +135,7 @@ class _DPStage(Stage):
         summed, y_pred, losses = clipped_sum(model, x, y, weights, per_example_loss, variables)
         denominator = (float(self.batch_size) if self.sampling == "poisson"
                        else tf.cast(tf.maximum(n, 1), tf.float32))
-        updates = [(tf.convert_to_tensor(g) + keras.random.normal(tf.shape(v), stddev=self.sigma * self.clip,
+        updates = [(g + keras.random.normal(tf.shape(v), stddev=self.sigma * self.clip,
                                             seed=self.seed_generator)) / denominator
                    for g, v in zip(summed, variables)]
         model.optimizer.apply_gradients(zip(updates, variables))
@@ -163,8 +177,9 @@ class DPSGD(StageCallback):
         clipping: how per-example gradient norms are obtained. ``"ghost"``: from one batched
             forward/backward pass without materializing per-example gradients (Dense, Conv2D
             and Embedding exactly; other single-input leaf layers by per-example gradients of
-            that layer alone; see :mod:`keras_secure.privacy.ghost`), then a second backward
-            pass weighted by the clip factors; refused at ``fit`` for models it cannot cover.
+            that layer alone; see :mod:`keras_secure.privacy.ghost`), then the last backward
+            step of each layer weighted by the clip factors; refused at ``fit`` for models it
+            cannot cover.
             ``"vectorized"``: whole-model per-example gradients with ``tf.vectorized_map``.
             ``"auto"``: ghost when it covers the model, else vectorized. Both give the same
             clipped gradient (tested). Defaults to ``"auto"``.

@@ -6,8 +6,10 @@ when ``a_i`` is a vector (Goodfellow 2015) and ``sum_{t,s} (a_t . a_s)(g_t . g_s
 layer is applied at T positions (a sequence, or the patches of a convolution; Li et al. 2022),
 computed as such when ``2 T^2`` is below the gradient's size and by forming ``a_i^T g_i``
 otherwise (Bu et al. 2023's mixed rule). So one batched forward pass and one backward pass to
-the layers' outputs give every example's gradient norm, and a second backward pass, weighted by
-the clip factors, gives the sum of clipped gradients.
+the layers' outputs give every example's gradient norm; the sum of clipped gradients then comes
+from each layer's own last step alone - the gradient of its recorded output with respect to its
+own variables, with the output gradients weighted by the clip factors ("book-keeping", Bu et al.
+2023) - without a second backward pass through the network.
 
 Supported exactly: ``Dense`` (any input rank), ``Conv2D`` (channels_last, groups=1, any strides,
 dilation and padding "valid"/"same") and ``Embedding`` (repeated ids handled exactly). Other
@@ -29,7 +31,8 @@ import tensorflow as tf
 DENSE, CONV2D, EMBEDDING, GENERIC = "dense", "conv2d", "embedding", "generic"
 
 
-def _own_trainable(layer):
+def own_trainable(layer):
+    """The trainable variables a layer owns itself (not its sub-layers')."""
     return [v for v in layer._trainable_variables if v.trainable] if layer.trainable else []
 
 
@@ -65,7 +68,7 @@ def ghost_plan(model):
     """
     plan, problems, covered = {}, [], set()
     for layer in model._flatten_layers(include_self=False, recursive=True):
-        own = _own_trainable(layer)
+        own = own_trainable(layer)
         if not own:
             continue
         sub = [s for s in layer._flatten_layers(include_self=False, recursive=True)
@@ -103,8 +106,7 @@ def recording(plan, tape):
         layers are handled).
     """
     records = {layer: [] for layer in plan}
-    patched = []
-    try:
+    with contextlib.ExitStack() as stack:
         for layer, kind in plan.items():
             original_call = layer.call
 
@@ -127,25 +129,29 @@ def recording(plan, tape):
                     record.target = out
                 return out
 
-            object.__setattr__(layer, "call", call)
-            patched.append((layer, "call", None))
+            stack.enter_context(_swapped(layer, "call", call))
             if kind in (DENSE, CONV2D):
-                original_activation = layer.activation
-
-                def activation(z, _layer=layer, _act=original_activation):
+                def activation(z, _layer=layer, _act=layer.activation):
                     tape.watch(z)
                     records[_layer][-1].target = z
                     return _act(z)
 
-                patched.append((layer, "activation", original_activation))
-                object.__setattr__(layer, "activation", activation)
+                stack.enter_context(_swapped(layer, "activation", activation))
         yield records
+
+
+@contextlib.contextmanager
+def _swapped(layer, name, value):
+    """Set ``layer.<name>`` on the instance for the block only (bypassing Keras tracking)."""
+    had, old = name in layer.__dict__, layer.__dict__.get(name)
+    object.__setattr__(layer, name, value)
+    try:
+        yield
     finally:
-        for layer, name, original in reversed(patched):
-            if original is None:
-                del layer.__dict__[name]
-            else:
-                object.__setattr__(layer, name, original)
+        if had:
+            object.__setattr__(layer, name, old)
+        else:
+            del layer.__dict__[name]
 
 
 def _rows(t, n):
@@ -178,6 +184,10 @@ def _patches(layer, x):
 def squared_norms(plan, records, grads, n):
     """Per-example squared gradient norms over all planned layers' variables.
 
+    Layers planned ``"generic"`` and layers called more than once (shared weights, whose later
+    calls' inputs depend on their own variables) get per-example gradients of their own
+    variables, computed layer-locally; they are returned for the weighted sum.
+
     Args:
         plan: from :func:`ghost_plan`.
         records: from :func:`recording`, after the forward pass.
@@ -185,48 +195,53 @@ def squared_norms(plan, records, grads, n):
         n: batch size (scalar tensor).
 
     Returns:
-        A float32 tensor of shape ``(n,)``.
+        ``(sq_norms, per_example)``: a float32 tensor of shape ``(n,)`` and
+        ``{layer: [per-example gradient (n, *variable.shape) per own variable]}`` for the
+        layers handled per example.
     """
-    total = tf.zeros([n])
+    total, per_example = tf.zeros([n]), {}
     for layer, kind in plan.items():
         calls = [c for c in records[layer] if c.target is not None]
         if not calls:
             continue
         gs = [grads[id(c.target)] for c in calls]
-        gs = [tf.zeros_like(c.target) if g is None else g for c, g in zip(calls, gs)]
-        if kind == GENERIC:
-            total += _generic_norms(layer, calls, gs)
+        if kind == GENERIC or len(calls) > 1:
+            per_example[layer] = _per_example_gradients(layer, kind, calls, gs)
+            total += tf.add_n([tf.reduce_sum(tf.reshape(tf.square(g), [n, -1]), axis=1)
+                               for g in per_example[layer]])
             continue
+        (call,), (g,) = calls, gs
+        g = _rows(tf.cast(g, tf.float32), n)
         if kind == EMBEDDING:
-            ids = tf.concat([tf.reshape(c.inputs, [n, -1]) for c in calls], axis=1)
-            g = tf.concat([_rows(tf.cast(gi, tf.float32), n) for gi in gs], axis=1)
+            ids = tf.reshape(call.inputs, [n, -1])
             same = tf.cast(tf.equal(ids[:, :, None], ids[:, None, :]), tf.float32)
             total += tf.reduce_sum(same * tf.einsum("ntd,nsd->nts", g, g), axis=[1, 2])
             continue
-        if kind == CONV2D:
-            a = [_patches(layer, tf.cast(c.inputs, tf.float32)) for c in calls]
-        else:
-            a = [tf.cast(c.inputs, tf.float32) for c in calls]
-        a = tf.concat([_rows(ai, n) for ai in a], axis=1)
-        g = tf.concat([_rows(tf.cast(gi, tf.float32), n) for gi in gs], axis=1)
+        a = tf.cast(call.inputs, tf.float32)
+        a = _rows(_patches(layer, a) if kind == CONV2D else a, n)
         total += _outer_norms(a, g)
         if layer.bias is not None:
             total += tf.reduce_sum(tf.square(tf.reduce_sum(g, axis=1)), axis=1)
-    return total
+    return total, per_example
 
 
-def _generic_norms(layer, calls, gs):
-    """Per-example gradient norms of one layer's own variables by per-example VJPs of that
-    layer alone (all its calls summed per example)."""
-    variables = _own_trainable(layer)
+def _per_example_gradients(layer, kind, calls, gs):
+    """Per-example gradients of one layer's own variables, by per-example VJPs of that layer
+    alone on its recorded inputs (all its calls summed per example). The recorded target is
+    the pre-activation for Dense/Conv2D, so their activation is bypassed here."""
+    variables = own_trainable(layer)
+    pre_activation = kind in (DENSE, CONV2D)
 
     def one_example(inputs):
         per_call = []
         for (xi, gi), c in zip(inputs, calls):
             with tf.GradientTape() as tape:
-                out = layer.call(xi[tf.newaxis], **c.kwargs)
-            per_call.append(tape.gradient(out, variables, output_gradients=gi[tf.newaxis]))
-        summed = [tf.add_n([pc[j] for pc in per_call]) for j in range(len(variables))]
-        return tf.add_n([tf.reduce_sum(tf.square(tf.cast(s, tf.float32))) for s in summed])
+                with (_swapped(layer, "activation", keras.activations.linear)
+                      if pre_activation else contextlib.nullcontext()):
+                    out = layer.call(xi[tf.newaxis], **c.kwargs)
+            per_call.append(tape.gradient(out, variables, output_gradients=gi[tf.newaxis],
+                                          unconnected_gradients=tf.UnconnectedGradients.ZERO))
+        return [tf.cast(tf.add_n([tf.convert_to_tensor(pc[j]) for pc in per_call]), tf.float32)
+                for j in range(len(variables))]
 
     return tf.vectorized_map(one_example, [(c.inputs, g) for c, g in zip(calls, gs)])
