@@ -9,7 +9,7 @@ import sklearn.metrics
 import sklearn.utils
 
 import keras_secure as ks
-from keras_secure.privacy import audit_membership
+from keras_secure.privacy import advantage_bound, audit_membership
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +22,7 @@ def overfit(digits):
 
 def test_threshold_attack_equals_the_roc_of_the_loss(overfit):
     model, (x_in, y_in), (x_out, y_out) = overfit
+    flag_before = getattr(sys, "skip_tf_privacy_import", "unset")
     audit = audit_membership(model, (x_in, y_in), (x_out, y_out),
                              attacks=("threshold", "logistic_regression"))
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
@@ -39,7 +40,7 @@ def test_threshold_attack_equals_the_roc_of_the_loss(overfit):
     assert audit.to_dict()["n_train"] == 150
     # nothing outlives the call: neither the scikit-learn names nor TF Privacy's import flag
     assert not hasattr(sklearn.utils, "parallel_backend")
-    assert not hasattr(sys, "skip_tf_privacy_import")
+    assert getattr(sys, "skip_tf_privacy_import", "unset") == flag_before
 
 
 def test_identical_member_and_non_member_sets_leak_nothing(overfit):
@@ -78,3 +79,15 @@ def test_audit_rejects_bad_input(overfit):
         audit_membership(model, train, test, batch_size=0)
     with pytest.raises(ValueError, match="empty"):
         audit_membership(model, train, (test[0][:0], test[1][:0]))
+
+
+def test_advantage_bound_is_the_hypothesis_testing_bound_of_dp():
+    # by hand: (e - 1 + 2e-5) / (e + 1) = 1.7182818 / 3.7182818 (+ 2e-5 / 3.718)
+    assert advantage_bound(1.0, 1e-5) == pytest.approx((np.e - 1 + 2e-5) / (np.e + 1), rel=1e-12)
+    assert advantage_bound(0.0, 0.0) == 0.0
+    assert advantage_bound(50.0, 1e-5) == pytest.approx(1.0)
+    assert advantage_bound(float("inf"), 1e-5) is None
+    with pytest.raises(ValueError, match="epsilon"):
+        advantage_bound(-1.0, 1e-5)
+    with pytest.raises(ValueError, match="delta"):
+        advantage_bound(1.0, 1.0)

@@ -73,3 +73,12 @@ def test_quick_demo_writes_a_report(tmp_path, capsys):
     assert (training["Adversarial training (PGD-7, Madry)"]["pgd_ce"]
             > training["Standard training"]["pgd_ce"] + 0.2)
     assert set(results["chapter2_certified"]) >= {"0.12", "0.25", "0.5"}
+    privacy = results["chapter4_privacy"]
+    assert [r["model"] for r in privacy] == ["Non-private (SGD)", "DP-SGD (target eps = 8)",
+                                            "DP-SGD (target eps = 1)"]
+    assert privacy[0]["epsilon"] is None  # not private
+    assert 7.0 < privacy[1]["epsilon"] <= 8.0 and 0.8 < privacy[2]["epsilon"] <= 1.0
+    # utility falls with epsilon; every audit ran
+    assert privacy[0]["test_accuracy"] > privacy[2]["test_accuracy"]
+    assert all(0.0 <= r["auc_threshold"] <= 1.0 for r in privacy)
+    assert "privacy / utility trade-off" in report

@@ -1,7 +1,10 @@
 """DP-SGD: exact updates without noise, noise scale, accounting, budget stop, refusals."""
 
+import os
 import re
+import subprocess
 import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -244,3 +247,54 @@ def test_dpsgd_refuses_what_voids_the_guarantee(digits):
     with pytest.raises(ValueError, match="two gradient stages"):
         model.fit(x[:8], y[:8], verbose=0, callbacks=[
             DPSGD(1.0, 1.0, **dp), ks.training.StageCallback(PlainGradientStage())])
+
+
+MIRRORED_DP = textwrap.dedent("""
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+    import keras
+    from keras_secure.callbacks import DPSGD
+
+    def step(strategy, x, y, w, b, sigma, clipping, loss, sampling="shuffle"):
+        with strategy.scope():
+            model = keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(w.shape[1])])
+            model.layers[-1].set_weights([w, b])
+            model.compile(keras.optimizers.SGD(1.0), loss)
+        dp = DPSGD(0.8, sigma, num_examples=len(x), batch_size=len(x), delta=1e-5,
+                   sampling=sampling, clipping=clipping, seed=0)
+        model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0, callbacks=[dp])
+        return np.concatenate([v.ravel() for v in model.get_weights()])
+
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert mirrored.num_replicas_in_sync == 2
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 3)).astype(np.float32)
+    y = rng.integers(0, 4, 8)
+    w = rng.normal(size=(3, 4)).astype(np.float32)
+    b = np.zeros(4, np.float32)
+    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    for clipping in ("ghost", "vectorized"):
+        for sampling in ("shuffle", "poisson"):
+            one = step(tf.distribute.get_strategy(), x, y, w, b, 0.0, clipping, ce, sampling)
+            two = step(mirrored, x, y, w, b, 0.0, clipping, ce, sampling)
+            assert np.abs(one - two).max() < 1e-6, (clipping, sampling, one - two)
+    # noise on a zero gradient: std sigma * C / B, not sqrt(replicas) times more
+    sigma, n = 2.0, 8
+    xz = rng.normal(size=(n, 20)).astype(np.float32)
+    update = step(mirrored, xz, np.zeros((n, 50), np.float32), np.zeros((20, 50), np.float32),
+                  np.zeros(50, np.float32), sigma, "ghost", keras.losses.MeanSquaredError())
+    ratio = update.std() / (sigma * 0.8 / n)
+    assert abs(ratio - 1) < 4 / np.sqrt(2 * update.size), ratio
+    print("MIRRORED DP OK", ratio)
+""")
+
+
+@pytest.mark.slow
+def test_dpsgd_under_mirrored_strategy_adds_noise_once_per_global_batch():
+    result = subprocess.run([sys.executable, "-c", MIRRORED_DP], capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "MIRRORED DP OK" in result.stdout

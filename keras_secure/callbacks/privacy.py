@@ -50,12 +50,6 @@ class _DPStage(Stage):
         if isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer):
             raise ValueError("DPSGD does not support loss scaling (mixed_float16) yet: clip and "
                              "noise are computed in float32. Use the float32 policy.")
-        replicas = model.distribute_strategy.num_replicas_in_sync
-        if replicas > 1:
-            raise ValueError(
-                "DPSGD does not support tf.distribute strategies with more than one replica yet "
-                "(the noise must be added once per global batch). "
-                f"Received: a strategy with {replicas} replicas")
         self.plan = None
         if self.clipping != "vectorized":
             plan, problems = ghost.ghost_plan(model)
@@ -133,10 +127,20 @@ class _DPStage(Stage):
         clipped_sum = (self._clipped_sum_vectorized if self.plan is None
                        else self._clipped_sum_ghost)
         summed, y_pred, losses = clipped_sum(model, x, y, weights, per_example_loss, variables)
-        denominator = (float(self.batch_size) if self.sampling == "poisson"
-                       else tf.cast(tf.maximum(n, 1), tf.float32))
-        updates = [(g + keras.random.normal(tf.shape(v), stddev=self.sigma * self.clip,
-                                            seed=self.seed_generator)) / denominator
+        # Under tf.distribute each replica clips its own examples and Keras sums the replicas'
+        # updates, so the noise is drawn on the first replica only (once per global batch) and
+        # every replica divides by the global (expected) batch size.
+        context = tf.distribute.get_replica_context()
+        distributed = context is not None and context.num_replicas_in_sync > 1
+        once = (tf.cast(tf.equal(context.replica_id_in_sync_group, 0), tf.float32)
+                if distributed else 1.0)
+        if self.sampling == "poisson":
+            denominator = float(self.batch_size)
+        else:
+            global_n = context.all_reduce("sum", n) if distributed else n
+            denominator = tf.cast(tf.maximum(global_n, 1), tf.float32)
+        updates = [(g + once * keras.random.normal(tf.shape(v), stddev=self.sigma * self.clip,
+                                                   seed=self.seed_generator)) / denominator
                    for g, v in zip(summed, variables)]
         model.optimizer.apply_gradients(zip(updates, variables))
         return y_pred, losses
@@ -161,8 +165,12 @@ class DPSGD(StageCallback):
     ``"shuffle"`` accounts ordinary shuffled fixed-size batches without claiming subsampling
     amplification (a valid, larger epsilon).
 
-    Not yet supported (refused with a clear error): BatchNormalization (it mixes examples; never
-    supportable), mixed-precision loss scaling, more than one ``tf.distribute`` replica.
+    Under ``tf.distribute`` (e.g. ``MirroredStrategy``) each replica clips its own examples and
+    the noise is drawn once per global batch (on the first replica), so the update has the same
+    distribution as on one device.
+
+    Not supported (refused with a clear error): BatchNormalization (it mixes examples; never
+    supportable) and mixed-precision loss scaling.
 
     Args:
         l2_norm_clip: clipping norm C > 0.
@@ -187,7 +195,7 @@ class DPSGD(StageCallback):
 
     Raises:
         ValueError / TypeError: for arguments out of range; at ``fit``, for BatchNormalization,
-            loss scaling, several replicas, or a second gradient stage.
+            loss scaling, or a second gradient stage.
 
     Example:
         >>> ds, steps = ks.privacy.poisson_batches(x, y, batch_size=64, seed=0)

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Callable
 
-from keras_secure.demo import ch1_attacks, ch2_defences, ch3_training
+from keras_secure.demo import ch1_attacks, ch2_defences, ch3_training, ch4_privacy
 
 
 class DemoContext:
@@ -91,6 +91,7 @@ CHAPTERS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("Attacks on a digits CNN", ch1_attacks.run),
     ("Defences: input denoising and randomized smoothing", ch2_defences.run),
     ("Robust training: adversarial training and distillation", ch3_training.run),
+    ("Privacy: DP-SGD and membership inference", ch4_privacy.run),
 ]
 
 
