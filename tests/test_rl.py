@@ -208,6 +208,23 @@ def test_adversarial_observation_flips_the_greedy_action():
         rl.AdversarialObservation(Walk(), policy, "fgsm")
     with pytest.raises(ValueError, match="Box observation"):
         rl.AdversarialObservation(gym.make("FrozenLake-v1"), policy, attacks.FGSM(0.1))
+    with pytest.raises(ValueError, match="probability"):
+        rl.AdversarialObservation(Walk(), policy, attacks.FGSM(0.1), probability=1.5)
+
+
+def test_adversarial_observation_mixes_clean_and_attacked_steps():
+    from keras_secure import attacks
+
+    env = rl.AdversarialObservation(Walk(length=400), threshold_policy(), attacks.FGSM(0.1),
+                                    probability=0.3)
+
+    def attacked_steps(seed):
+        env.reset(seed=seed)
+        return [abs(env.step(0)[0][1] - 0.5) > 1e-6 for _ in range(400)]
+
+    first = attacked_steps(0)
+    assert first == attacked_steps(0) != attacked_steps(1)  # seeded by reset(seed=...)
+    assert abs(np.mean(first) - 0.3) < 4 * np.sqrt(0.3 * 0.7 / 400)
 
 
 def test_action_perturbation():

@@ -273,10 +273,11 @@ def _check_policy(env, policy_fn, name="policy_fn"):
                          f"Received: shape {shape} for a batch of one observation")
 
 
-class AdversarialObservation(gym.ObservationWrapper, RecordConstructorArgs):
+class AdversarialObservation(_OwnRandom, gym.ObservationWrapper, RecordConstructorArgs):
     """Gradient attack on the agent's own network through its observations (Huang et al. 2017).
 
-    Each observation is replaced by ``attack(policy_fn, obs, greedy_action)``: a keras_secure
+    With probability ``probability`` per step (seeded by ``reset(seed=...)``), the observation
+    is replaced by ``attack(policy_fn, obs, greedy_action)``: a keras_secure
     evasion attack (FGSM, PGD, ...) that pushes the network's scores away from the action it
     would take, inside the attack's ``eps`` ball (observation units), clipped to the space's
     finite bounds. ``policy_fn`` maps a batch of observations to action logits or Q-values: a
@@ -288,6 +289,9 @@ class AdversarialObservation(gym.ObservationWrapper, RecordConstructorArgs):
         policy_fn: batch of observations -> scores ``(batch, n_actions)``.
         attack: an untargeted keras_secure attack (its ``value_range`` should be None unless
             the observations are bounded).
+        probability: per-step probability in [0, 1] of attacking; below 1 it mixes clean and
+            adversarial observations, as in adversarial training of the policy during
+            collection (:mod:`keras_secure.rl.robust`). Defaults to 1.0.
 
     Raises:
         ValueError / TypeError: for other spaces, a targeted or non-keras_secure attack, or a
@@ -303,12 +307,14 @@ class AdversarialObservation(gym.ObservationWrapper, RecordConstructorArgs):
         Network Policies".
     """
 
-    def __init__(self, env: gym.Env, policy_fn: Callable, attack):
+    _salt = 0xAD0
+
+    def __init__(self, env: gym.Env, policy_fn: Callable, attack, probability: float = 1.0):
         from keras_secure.attacks.base import Attack
 
         # Models and attacks hold TensorFlow state that cannot be deep-copied: recorded as they are.
         RecordConstructorArgs.__init__(self, policy_fn=policy_fn, attack=attack,
-                                       _disable_deepcopy=True)
+                                       probability=probability, _disable_deepcopy=True)
         gym.ObservationWrapper.__init__(self, env)
         if not isinstance(env.observation_space, gym.spaces.Box):
             raise ValueError("`env` must have a Box observation space for AdversarialObservation "
@@ -320,10 +326,18 @@ class AdversarialObservation(gym.ObservationWrapper, RecordConstructorArgs):
         if not isinstance(attack, Attack) or attack.targeted:
             raise TypeError("`attack` must be an untargeted keras_secure attack. "
                             f"Received: attack={attack!r}")
+        self.probability = _check_probability("probability", probability)
         _check_policy(env, policy_fn)
         self.policy_fn, self.attack = policy_fn, attack
+        self._rng = None
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        self._seed_rng(seed)
+        return super().reset(seed=seed, options=options)
 
     def observation(self, observation):
+        if self.probability < 1.0 and self.rng.random() >= self.probability:
+            return observation
         space = self.observation_space
         x = np.asarray(observation, np.float32)[np.newaxis]
         x_adv = np.asarray(self.attack(self.policy_fn, x))[0]
