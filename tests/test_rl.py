@@ -127,6 +127,80 @@ def test_tf_agents_adapter_validates_and_maps_discounts():
     assert truncated.step(0).step_type == ts.StepType.FIRST  # auto reset after LAST
 
 
+class NativeWalk:
+    """A TF-Agents-native environment (not from gymnasium): obs [t/10, 0.5], reward 1 per step,
+    terminates (discount 0) after `length` steps, or truncates (discount 1) with `truncate`."""
+
+    @staticmethod
+    def make(length=5, truncate=False):
+        from tf_agents.environments import py_environment
+        from tf_agents.specs import array_spec
+        from tf_agents.trajectories import time_step as ts
+
+        class Env(py_environment.PyEnvironment):
+            def __init__(self):
+                super().__init__(handle_auto_reset=True)
+                self._obs = array_spec.BoundedArraySpec((2,), np.float32, -1.0, 1.0)
+                self._act = array_spec.BoundedArraySpec((), np.int64, 0, 1)
+
+            def observation_spec(self):
+                return self._obs
+
+            def action_spec(self):
+                return self._act
+
+            def _reset(self):
+                self.t = 0
+                return ts.restart(np.array([0.0, 0.5], np.float32))
+
+            def _step(self, action):
+                self.t += 1
+                obs = np.array([self.t / 10, 0.5], np.float32)
+                if self.t < length:
+                    return ts.transition(obs, 1.0)
+                return ts.truncation(obs, 1.0) if truncate else ts.termination(obs, 1.0)
+
+        return Env()
+
+
+def test_keras_secure_wrappers_apply_to_tf_agents_environments():
+    from tf_agents.environments import utils, wrappers
+    from tf_agents.trajectories import time_step as ts
+
+    from keras_secure.rl.tf_agents import KerasSecureWrapper, PyEnvironmentAsGym
+
+    env = KerasSecureWrapper(NativeWalk.make(), rl.RewardTampering, "flip", probability=1.0,
+                             budget=2, seed=0)
+    assert isinstance(env, wrappers.PyEnvironmentBaseWrapper)
+    utils.validate_py_environment(env, episodes=2)
+    env.reset()
+    steps = [env.step(0) for _ in range(5)]
+    assert [float(s.reward) for s in steps] == [-1.0, -1.0, 1.0, 1.0, 1.0]
+    assert steps[-1].step_type == ts.StepType.LAST and float(steps[-1].discount) == 0.0
+    # defences stack the same way: the guard clips the flips to the known range before it has
+    # history, then repairs them with the running median (history persists across episodes)
+    guarded = KerasSecureWrapper(env, rl.RewardGuard, reward_range=(0, 1))
+    guarded.reset()
+    assert [float(guarded.step(0).reward) for _ in range(5)] == [0.0, 0.0, 1.0, 1.0, 1.0]
+    guarded.reset()
+    assert [float(guarded.step(0).reward) for _ in range(5)] == [1.0] * 5
+    # truncation survives the round trip; observation wrappers change observations
+    truncated = KerasSecureWrapper(NativeWalk.make(length=1, truncate=True),
+                                   rl.ObservationNoise, 0.05, seed=0)
+    truncated.reset()
+    last = truncated.step(0)
+    assert last.step_type == ts.StepType.LAST and float(last.discount) == 1.0
+    assert np.abs(last.observation - [0.1, 0.5]).max() <= 0.05 + 1e-7
+    assert 0 < np.abs(last.observation - [0.1, 0.5]).max()
+    gym_view = PyEnvironmentAsGym(NativeWalk.make())
+    check_env(gym_view, skip_render_check=True)
+    assert gym_view.action_space == gym.spaces.Discrete(2)
+    with pytest.raises(TypeError, match="wrapper"):
+        KerasSecureWrapper(NativeWalk.make(), "RewardGuard")
+    with pytest.raises(ValueError, match="probability"):
+        KerasSecureWrapper(NativeWalk.make(), rl.RewardTampering, "flip", probability=2.0)
+
+
 def test_metrics():
     clean = rl.evaluate_policy(Walk(), lambda obs: 0, episodes=3)
     assert clean.mean == 5.0 and clean.std == 0.0 and clean.lengths == (5, 5, 5)

@@ -1,12 +1,16 @@
-"""Adapter from a gymnasium environment (with keras_secure's wrappers) to a TF-Agents
-``PyEnvironment``. TF-Agents environments need no Keras, so this works without
-``TF_USE_LEGACY_KERAS``; TF-Agents *agents* need it set before TensorFlow is imported."""
+"""TF-Agents adapters: a gymnasium environment (with keras_secure's wrappers) as a TF-Agents
+``PyEnvironment`` (:class:`GymnasiumEnvironment`), a ``PyEnvironment`` as a gymnasium
+environment (:class:`PyEnvironmentAsGym`), and :class:`KerasSecureWrapper`, a TF-Agents
+``PyEnvironmentBaseWrapper`` that applies any keras_secure gymnasium wrapper to a TF-Agents
+environment - each wrapper is written once, for gymnasium, and reaches TF-Agents through these.
+TF-Agents environments need no Keras, so this works without ``TF_USE_LEGACY_KERAS``; TF-Agents
+*agents* need it set before TensorFlow is imported (see :mod:`keras_secure.rl.robust`)."""
 
 from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
-from tf_agents.environments import py_environment
+from tf_agents.environments import py_environment, wrappers
 from tf_agents.specs import array_spec
 from tf_agents.trajectories import time_step as ts
 
@@ -95,3 +99,127 @@ def to_tf_agents(env: gym.Env, discount: float = 1.0,
         >>> tf_env = tf_agents.environments.TFPyEnvironment(to_tf_agents(env, seed=0))
     """
     return GymnasiumEnvironment(env, discount=discount, seed=seed)
+
+
+def _space(spec, name: str) -> gym.Space:
+    dtype = np.dtype(spec.dtype)
+    bounded = isinstance(spec, array_spec.BoundedArraySpec)
+    if np.issubdtype(dtype, np.integer) and spec.shape == () and bounded:
+        low, high = int(spec.minimum), int(spec.maximum)
+        return gym.spaces.Discrete(high - low + 1, start=low)
+    if np.issubdtype(dtype, np.floating):
+        if bounded:
+            low = np.broadcast_to(np.asarray(spec.minimum, dtype), spec.shape)
+            high = np.broadcast_to(np.asarray(spec.maximum, dtype), spec.shape)
+        else:
+            low = np.full(spec.shape, -np.inf, dtype)
+            high = np.full(spec.shape, np.inf, dtype)
+        return gym.spaces.Box(low, high, spec.shape, dtype)
+    raise ValueError(f"`env` must have a float array or a bounded scalar integer {name} spec for "
+                     f"the gymnasium adapter. Received: {spec}")
+
+
+class PyEnvironmentAsGym(gym.Env):
+    """A gymnasium environment over an unbatched TF-Agents ``PyEnvironment``.
+
+    A LAST step with discount 0 becomes ``terminated``, a LAST step with a positive discount
+    ``truncated``; ``info["discount"]`` carries the step's discount. Float array specs become
+    ``Box`` spaces, bounded scalar integer specs ``Discrete``. ``reset(seed=...)`` calls the
+    environment's ``seed`` when it implements one.
+
+    Args:
+        env: an unbatched ``PyEnvironment`` with a single (non-nested) observation and action.
+
+    Raises:
+        ValueError: for batched or nested environments or other specs.
+
+    Example:
+        >>> gym_env = RewardGuard(PyEnvironmentAsGym(tf_agents_env), reward_range=(0, 1))
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, env: py_environment.PyEnvironment):
+        if getattr(env, "batched", False):
+            raise ValueError("`env` must be an unbatched PyEnvironment. Received: a batched one")
+        obs_spec, act_spec = env.observation_spec(), env.action_spec()
+        if not (isinstance(obs_spec, array_spec.ArraySpec)
+                and isinstance(act_spec, array_spec.ArraySpec)):
+            raise ValueError("`env` must have a single array observation and action spec. "
+                             f"Received: {obs_spec}, {act_spec}")
+        self.py_env = env
+        self.observation_space = _space(obs_spec, "observation")
+        self.action_space = _space(act_spec, "action")
+        self._action_dtype = act_spec.dtype
+
+    def reset(self, *, seed: int | None = None, options=None):
+        super().reset(seed=seed)
+        if seed is not None:
+            try:
+                self.py_env.seed(seed)
+            except NotImplementedError:
+                pass
+        time_step = self.py_env.reset()
+        return np.asarray(time_step.observation), {}
+
+    def step(self, action):
+        time_step = self.py_env.step(np.asarray(action, dtype=self._action_dtype))
+        last = bool(time_step.is_last())
+        discount = float(time_step.discount)
+        return (np.asarray(time_step.observation), float(time_step.reward),
+                last and discount == 0.0, last and discount > 0.0, {"discount": discount})
+
+    def close(self):
+        self.py_env.close()
+
+
+class KerasSecureWrapper(wrappers.PyEnvironmentBaseWrapper):
+    """A TF-Agents ``PyEnvironmentBaseWrapper`` applying a keras_secure gymnasium wrapper (or
+    any ``gym.Env -> gym.Env`` function) to a TF-Agents environment.
+
+    The environment is seen as gymnasium through :class:`PyEnvironmentAsGym`, wrapped, and
+    turned back into a ``PyEnvironment`` with :class:`GymnasiumEnvironment`, so every
+    keras_secure wrapper (attacks and defences) is written once and used from both libraries.
+    The wrapped environment's specs follow the gymnasium wrapper's spaces. Non-terminal
+    discounts are ``discount`` (the inner environment's own per-step discounts are not kept).
+
+    Args:
+        env: an unbatched TF-Agents ``PyEnvironment``.
+        wrapper: a gymnasium wrapper class or a function ``gym.Env -> gym.Env``.
+        *args, **kwargs: passed to ``wrapper`` after the environment.
+        discount: discount of non-terminal steps, in [0, 1]. Defaults to 1.0.
+        seed: seed of the first reset (and of the wrapper's randomness). Defaults to None.
+
+    Raises:
+        TypeError: if ``wrapper`` is not callable or does not return a gymnasium environment.
+        ValueError: as :class:`PyEnvironmentAsGym` and the wrapper itself.
+
+    Example:
+        >>> env = KerasSecureWrapper(py_env, RewardTampering, "flip", probability=0.2, seed=0)
+        >>> env = KerasSecureWrapper(env, RewardGuard, reward_range=(0, 1))
+    """
+
+    def __init__(self, env: py_environment.PyEnvironment, wrapper, *args,
+                 discount: float = 1.0, seed: int | None = None, **kwargs):
+        super().__init__(env)
+        if not callable(wrapper):
+            raise TypeError(f"`wrapper` must be a gymnasium wrapper class or a function "
+                            f"gym.Env -> gym.Env. Received: wrapper={wrapper!r}")
+        wrapped = wrapper(PyEnvironmentAsGym(env), *args, **kwargs)
+        if not isinstance(wrapped, gym.Env):
+            raise TypeError("`wrapper` must return a gymnasium environment. Received: "
+                            f"{type(wrapped).__name__}")
+        self.gym_env = wrapped
+        self._adapter = GymnasiumEnvironment(wrapped, discount=discount, seed=seed)
+
+    def observation_spec(self):
+        return self._adapter.observation_spec()
+
+    def action_spec(self):
+        return self._adapter.action_spec()
+
+    def _reset(self):
+        return self._adapter.reset()
+
+    def _step(self, action):
+        return self._adapter.step(action)
