@@ -1,0 +1,267 @@
+"""Chapter 5: reinforcement learning on CartPole with TF-Agents DQN - the seed paper's Table 3
+(attacks: state perturbation and reward manipulation) and Table 4 (defences: reward guard,
+dynamic reward shaping, robust policy optimization).
+
+TF-Agents agents need ``TF_USE_LEGACY_KERAS=1`` before TensorFlow is imported, which the demo
+process (Keras 3) cannot have; the chapter therefore runs its experiment in a child process
+(``python -m keras_secure.demo.ch5_rl``) whose environment sets it, and reads back JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ENV_ID = "CartPole-v1"
+STATE_EPS = 0.1          # L-inf radius of the state perturbations (observation units)
+TAMPER_PROBABILITY = 0.6  # reward sign flips: expected reward per step 1 - 2p < 0
+
+
+def _settings(quick: bool) -> dict:
+    if quick:
+        return {"steps": 1000, "warmup": 200, "episodes": 3, "pgd_steps": 3}
+    return {"steps": 8000, "warmup": 1000, "episodes": 10, "pgd_steps": 5}
+
+
+# ----------------------------------------------------------------------------------------------
+# child process: the experiment (TF-Agents, tf-keras)
+
+def _make_agent(py_env, seed: int, sa_eps: float | None, settings: dict):
+    import tensorflow as tf
+    from tf_agents.agents.dqn import dqn_agent
+    from tf_agents.networks import q_network
+    from tf_agents.specs import tensor_spec
+    from tf_agents.utils import common
+
+    from keras_secure.rl.robust import SADqnAgent
+
+    tf.random.set_seed(seed)
+    time_step_spec = tensor_spec.from_spec(py_env.time_step_spec())
+    action_spec = tensor_spec.from_spec(py_env.action_spec())
+    net = q_network.QNetwork(time_step_spec.observation, action_spec, fc_layer_params=(64, 64))
+    kwargs = dict(optimizer=tf.keras.optimizers.Adam(1e-3), epsilon_greedy=0.1,
+                  target_update_period=100, gamma=0.99,
+                  td_errors_loss_fn=common.element_wise_huber_loss,
+                  train_step_counter=tf.Variable(0, dtype=tf.int64))
+    if sa_eps is None:
+        agent = dqn_agent.DqnAgent(time_step_spec, action_spec, q_network=net, **kwargs)
+    else:
+        agent = SADqnAgent(time_step_spec, action_spec, net, sa_eps=sa_eps, sa_weight=0.5,
+                           sa_steps=settings["pgd_steps"], seed=seed, **kwargs)
+    agent.initialize()
+    agent.train = common.function(agent.train)
+    return agent, net
+
+
+def train_dqn(make_env, seed: int, settings: dict, sa_eps: float | None = None,
+              collect_env=None):
+    """Train a TF-Agents DQN (or SA-DQN) agent; returns its Q-network.
+
+    ``make_env()`` gives the gymnasium training environment (with any attack/defence
+    wrappers); ``collect_env(env, network)``, if given, turns it into the collection
+    ``PyEnvironment`` (e.g. adversarial collection against the live network).
+    """
+    import tensorflow as tf
+    from tf_agents.drivers import py_driver
+    from tf_agents.policies import py_tf_eager_policy, random_py_policy
+    from tf_agents.replay_buffers import tf_uniform_replay_buffer
+    from tf_agents.utils import nest_utils
+
+    from keras_secure.rl.tf_agents import to_tf_agents
+
+    spec_env = to_tf_agents(make_env(), seed=seed)
+    agent, net = _make_agent(spec_env, seed, sa_eps, settings)
+    py_env = (collect_env(make_env(), net) if collect_env is not None
+              else to_tf_agents(make_env(), seed=seed))
+    buffer = tf_uniform_replay_buffer.TFUniformReplayBuffer(
+        agent.collect_data_spec, batch_size=1,
+        max_length=settings["steps"] + settings["warmup"])
+
+    def observer(trajectory):
+        buffer.add_batch(tf.nest.map_structure(tf.convert_to_tensor,
+                                               nest_utils.batch_nested_array(trajectory)))
+
+    random_policy = random_py_policy.RandomPyPolicy(py_env.time_step_spec(),
+                                                    py_env.action_spec())
+    time_step = py_env.reset()
+    time_step, _ = py_driver.PyDriver(py_env, random_policy, [observer],
+                                      max_steps=settings["warmup"]).run(time_step)
+    collect = py_driver.PyDriver(
+        py_env, py_tf_eager_policy.PyTFEagerPolicy(agent.collect_policy, use_tf_function=True),
+        [observer], max_steps=1)
+    batches = iter(buffer.as_dataset(sample_batch_size=64, num_steps=2,
+                                     num_parallel_calls=1).prefetch(2))
+    for _ in range(settings["steps"]):
+        time_step, _ = collect.run(time_step)
+        experience, _ = next(batches)
+        agent.train(experience)
+    return net
+
+
+def _greedy(net):
+    import numpy as np
+    import tensorflow as tf
+
+    act = tf.function(lambda obs: tf.argmax(net(obs, training=False)[0], axis=-1))
+    return lambda obs: int(act(np.asarray(obs, np.float32)[np.newaxis])[0])
+
+
+def experiment(quick: bool, seed: int, log=print) -> dict:
+    """Run the chapter's trainings and evaluations; returns JSON-ready results."""
+    import gymnasium as gym
+
+    from keras_secure import rl
+    from keras_secure.attacks import PGD
+    from keras_secure.rl.robust import network_scores
+
+    settings = _settings(quick)
+    episodes = settings["episodes"]
+
+    def make():
+        return gym.make(ENV_ID)
+
+    def tampered():
+        return rl.RewardTampering(make(), "flip", probability=TAMPER_PROBABILITY)
+
+    def potential(obs):
+        # upright and centred is good: in [-2, 0]
+        return -abs(float(obs[2])) / 0.21 - abs(float(obs[0])) / 2.4
+
+    attack = PGD(STATE_EPS, steps=settings["pgd_steps"], seed=seed)
+    trainings = {
+        "baseline": dict(make_env=make),
+        "reward_tampering": dict(make_env=tampered),
+        "reward_guard": dict(make_env=lambda: rl.RewardGuard(tampered(), reward_range=(0, 1))),
+        "dynamic_reward_shaping": dict(
+            make_env=lambda: rl.DynamicRewardShaping(tampered(), potential=potential)),
+        "sa_dqn": dict(make_env=make, sa_eps=STATE_EPS),
+    }
+    nets, timings = {}, {}
+    for name, kwargs in trainings.items():
+        log(f"training DQN: {name} ({settings['steps']} steps) ...")
+        start = time.perf_counter()
+        nets[name] = train_dqn(seed=seed, settings=settings, **kwargs)
+        timings[name] = time.perf_counter() - start
+
+    def reward(name, env=None):
+        stats = rl.evaluate_policy(env or make(), _greedy(nets[name]), episodes=episodes,
+                                   seed=seed)
+        return {"mean": stats.mean, "std": stats.std}
+
+    def attacked_env(name):
+        return rl.AdversarialObservation(make(), network_scores(nets[name]), attack)
+
+    log("evaluating the baseline under attack ...")
+    clean = reward("baseline")
+    noise_env = rl.ObservationNoise(make(), STATE_EPS)
+    noise_env.reset(seed=seed)
+    adv_env = attacked_env("baseline")
+    greedy = _greedy(nets["baseline"])
+    table3 = [
+        {"attack": "none", **clean, "retention": 1.0, "deviation": 0.0},
+        {"attack": f"random state noise (L-inf {STATE_EPS})", **reward("baseline", noise_env),
+         "deviation": rl.policy_deviation(make(), greedy, noise_env.observation,
+                                          episodes=min(episodes, 3), seed=seed)},
+        {"attack": f"adversarial states (PGD-{settings['pgd_steps']}, L-inf {STATE_EPS})",
+         **reward("baseline", adv_env),
+         "deviation": rl.policy_deviation(make(), greedy, adv_env.observation,
+                                          episodes=min(episodes, 3), seed=seed)},
+        {"attack": f"reward manipulation (sign flips, p = {TAMPER_PROBABILITY})",
+         **reward("reward_tampering"), "deviation": None},
+    ]
+    for row in table3[1:]:
+        row["retention"] = rl.reward_retention(row["mean"], clean["mean"])
+    log("evaluating the defences ...")
+    adv_sa = reward("sa_dqn", attacked_env("sa_dqn"))
+    table4 = [
+        {"defence": "RewardGuard (known range + median/MAD repair)",
+         "attack": table3[3]["attack"], "attacked": table3[3]["mean"],
+         "defended": reward("reward_guard")},
+        {"defence": "DynamicRewardShaping (potential -|theta|/0.21 - |x|/2.4)",
+         "attack": table3[3]["attack"], "attacked": table3[3]["mean"],
+         "defended": reward("dynamic_reward_shaping")},
+        {"defence": f"SA-DQN (robust policy optimization, eps {STATE_EPS})",
+         "attack": table3[2]["attack"], "attacked": table3[2]["mean"], "defended": adv_sa,
+         "defended_clean": reward("sa_dqn")},
+    ]
+    for row in table4:
+        row["restoration"] = rl.reward_restoration(row["defended"]["mean"], clean["mean"])
+    return {"settings": settings, "env": ENV_ID, "table3": table3, "table4": table4,
+            "training_seconds": timings}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    results = experiment(args.quick, args.seed,
+                         log=lambda message: print(f"PROGRESS {message}", flush=True))
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+
+
+# ----------------------------------------------------------------------------------------------
+# demo process: run the child and write the tables
+
+def _fmt(stats) -> str:
+    return f"{stats['mean']:.1f} ± {stats['std']:.1f}"
+
+
+def run(ctx) -> None:
+    out = ctx.path("ch5_rl_results.json")
+    command = [sys.executable, "-m", "keras_secure.demo.ch5_rl", "--out", out,
+               "--seed", str(ctx.seed)] + (["--quick"] if ctx.quick else [])
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1",
+           "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
+    ctx.log("starting the TF-Agents experiment (child process with TF_USE_LEGACY_KERAS=1)")
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=env)
+    for line in child.stdout:
+        if line.startswith("PROGRESS "):
+            ctx.log(line[len("PROGRESS "):].rstrip())
+    stderr = child.stderr.read()
+    if child.wait() != 0:
+        raise RuntimeError(f"Chapter 5's TF-Agents experiment failed:\n{stderr[-3000:]}")
+    with open(out, encoding="utf-8") as f:
+        results = json.load(f)
+    settings = results["settings"]
+    table3 = ("| Attack | Reward (mean ± std) | Reward retention (%) | Policy deviation (%) |\n"
+              "|---|---|---|---|\n" + "\n".join(
+                  f"| {r['attack']} | {_fmt(r)} | {100 * r['retention']:.1f} | "
+                  + ("-" if r["deviation"] is None else f"{100 * r['deviation']:.1f}") + " |"
+                  for r in results["table3"]))
+    table4 = ("| Defence | Against | Reward attacked (no defence) | Reward defended | "
+              "Reward restoration (%) |\n|---|---|---|---|---|\n" + "\n".join(
+                  f"| {r['defence']} | {r['attack']} | {r['attacked']:.1f} | "
+                  f"{_fmt(r['defended'])} | {100 * r['restoration']:.1f} |"
+                  for r in results["table4"]))
+    print("\nTable 3 - attacks on a DQN CartPole agent\n")
+    print(table3)
+    print("\nTable 4 - defences\n")
+    print(table4, flush=True)
+    ctx.results["chapter5_rl"] = results
+    ctx.section(
+        f"TF-Agents DQN agents (Q-network 64-64, Adam, epsilon-greedy 0.1) trained for "
+        f"{settings['steps']} environment steps each on {results['env']} (after "
+        f"{settings['warmup']} random steps); rewards are the true environment rewards over "
+        f"{settings['episodes']} seeded episodes of the greedy policy (500 at most). State "
+        f"attacks perturb the agent's observations within L-inf {STATE_EPS}: uniform noise "
+        "(ObservationNoise) or PGD against the agent's own Q-network (AdversarialObservation, "
+        "Huang et al. 2017); policy deviation is the fraction of visited states whose greedy "
+        "action changes. Reward manipulation: the agent is trained on RewardTampering sign "
+        f"flips with probability {TAMPER_PROBABILITY}. Defences: the same tampered training "
+        "behind RewardGuard or DynamicRewardShaping, and SA-DQN (keras_secure.rl.robust."
+        "SADqnAgent, Zhang et al. 2020) trained clean and evaluated under the PGD attack. "
+        "Retention = attacked / clean reward; restoration = defended / clean reward.\n\n"
+        "Table 3 - attacks on a DQN CartPole agent\n\n" + table3
+        + "\n\nTable 4 - defences\n\n" + table4 + "\n")
+
+
+if __name__ == "__main__":
+    main()
