@@ -8,7 +8,7 @@ Both DPSGD paths are measured: ``clipping="ghost"`` (per-example norms from one 
 pass) and ``clipping="vectorized"`` (whole-model per-example gradients). Goal (issue): <= 2x
 non-DP with ghost clipping on Dense/Conv nets, and >= 3x faster than TensorFlow Privacy.
 
-Run: ``.venv/bin/python benchmarks/privacy.py``.
+Run: ``cd benchmarks && ../.venv/bin/python privacy.py [--no-xla]``.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def measure(build, x, y, jit):
         model.compile(keras.optimizers.SGD(0.1),
                       keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       jit_compile=jit)
-        return fit_step_time(model, x, y, callbacks, epochs=4, batch=64)
+        return fit_step_time(model, x, y, callbacks, epochs=8, batch=64)
 
     plain = timed([])
     dp = {clipping: timed([ks.callbacks.DPSGD(1.0, 1.1, num_examples=len(x), batch_size=64,
@@ -84,6 +84,7 @@ def measure(build, x, y, jit):
 
 
 def main():
+    xla_modes = (False,) if "--no-xla" in sys.argv else (False, True)
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores; batch 64\n")
     x, y = ks.datasets.load_digits("all")
     rng = np.random.default_rng(0)
@@ -95,7 +96,7 @@ def main():
                                 ("digits MLP (256-256)", mlp, x, y),
                                 ("32x32x3 ConvNet", lambda: ks.models.small_cnn((32, 32, 3),
                                                                                seed=0), xc, yc)]:
-        for jit in (False, True):
+        for jit in xla_modes:
             plain, dp = measure(build, xs, ys, jit)
             print(f"| {name} | {'yes' if jit else 'no'} | {1000 * plain:.1f} | "
                   f"{1000 * dp['ghost']:.1f} | {dp['ghost'] / plain:.2f} | "

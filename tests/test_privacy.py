@@ -247,6 +247,11 @@ def test_dpsgd_refuses_what_voids_the_guarantee(digits):
     with pytest.raises(ValueError, match="two gradient stages"):
         model.fit(x[:8], y[:8], verbose=0, callbacks=[
             DPSGD(1.0, 1.0, **dp), ks.training.StageCallback(PlainGradientStage())])
+    xla = ks.models.small_cnn(width=4, seed=0)
+    xla.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                jit_compile=True)
+    with pytest.warns(UserWarning, match="jit_compile=False"):
+        xla.fit(x[:8], y[:8], verbose=0, callbacks=[DPSGD(1.0, 1.0, **dp)])
 
 
 MIRRORED_DP = textwrap.dedent("""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_secure.attacks.base import check_choice, check_number
@@ -50,6 +52,12 @@ class _DPStage(Stage):
         if isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer):
             raise ValueError("DPSGD does not support loss scaling (mixed_float16) yet: clip and "
                              "noise are computed in float32. Use the float32 policy.")
+        if getattr(model, "jit_compile", False):
+            warnings.warn(
+                "DPSGD with jit_compile=True: on CPU, XLA made the DP step 9-37x slower than "
+                "without it in benchmarks/privacy.py (see docs/performance.md); compile with "
+                "jit_compile=False unless you measured otherwise on your hardware.",
+                UserWarning, stacklevel=2)
         self.plan = None
         if self.clipping != "vectorized":
             plan, problems = ghost.ghost_plan(model)
@@ -139,9 +147,12 @@ class _DPStage(Stage):
         else:
             global_n = context.all_reduce("sum", n) if distributed else n
             denominator = tf.cast(tf.maximum(global_n, 1), tf.float32)
-        updates = [(g + once * keras.random.normal(tf.shape(v), stddev=self.sigma * self.clip,
-                                                   seed=self.seed_generator)) / denominator
-                   for g, v in zip(summed, variables)]
+        # one draw for all variables (one random op per step, not one per variable)
+        sizes = [int(np.prod(v.shape)) for v in variables]
+        noise = tf.split(keras.random.normal([sum(sizes)], stddev=self.sigma * self.clip,
+                                             seed=self.seed_generator), sizes)
+        updates = [(g + once * tf.reshape(z, v.shape)) / denominator
+                   for g, z, v in zip(summed, noise, variables)]
         model.optimizer.apply_gradients(zip(updates, variables))
         return y_pred, losses
 
