@@ -13,7 +13,9 @@ REQS   := requirements/base.txt requirements/legacy.txt requirements/overrides.t
 $(STAMP): $(REQS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements/tools.txt
-	$(BIN)/uv pip install --python $(BIN)/python \
+	# --compile-bytecode: with PYTHONDONTWRITEBYTECODE=1 (set on this kind of machine) every
+	# process would recompile TensorFlow's sources on import (14 s instead of 6 s).
+	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode \
 	    -r requirements/base.txt -r requirements/legacy.txt \
 	    --override requirements/overrides.txt -e .
 	touch $(STAMP)

@@ -82,3 +82,9 @@ def test_quick_demo_writes_a_report(tmp_path, capsys):
     assert privacy[0]["test_accuracy"] > privacy[2]["test_accuracy"]
     assert all(0.0 <= r["auc_threshold"] <= 1.0 for r in privacy)
     assert "privacy / utility trade-off" in report
+    rl = results["chapter5_rl"]
+    assert [r["attack"].split(" (")[0] for r in rl["table3"]] == [
+        "none", "random state noise", "adversarial states", "reward manipulation"]
+    assert all(r["mean"] >= 8 and 0 <= r["retention"] for r in rl["table3"])
+    assert len(rl["table4"]) == 3 and all(r["restoration"] >= 0 for r in rl["table4"])
+    assert "Table 3 - attacks on a DQN CartPole agent" in report

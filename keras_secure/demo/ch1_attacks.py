@@ -48,7 +48,7 @@ def run(ctx) -> None:
     ctx.results["chapter1"] = report.to_dict()
 
     ctx.log("accuracy vs eps for FGSM / PGD / APGD / Square ...")
-    eps_grid = [0.02, 0.05, 0.1, 0.2] if ctx.quick else [0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3]
+    eps_grid = [0.05, 0.1, 0.2] if ctx.quick else [0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3]
     curves = {}
     for name, make in [
         ("FGSM", lambda e: A.FGSM(e, value_range=VALUE_RANGE)),

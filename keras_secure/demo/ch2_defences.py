@@ -43,7 +43,7 @@ def _attacks(quick, seed):
 def run(ctx) -> None:
     x_train, y_train = datasets.load_digits("train", seed=ctx.seed)
     x_test, y_test = datasets.load_digits("test", seed=ctx.seed)
-    x_eval, y_eval = (x_test[:150], y_test[:150]) if ctx.quick else (x_test, y_test)
+    x_eval, y_eval = (x_test[:100], y_test[:100]) if ctx.quick else (x_test, y_test)
     ctx.log("training the undefended CNN and a learned denoiser ...")
     cnn = models.train_small_cnn(x_train, y_train, epochs=10 if ctx.quick else 20,
                                  seed=ctx.seed)
@@ -88,7 +88,7 @@ def run(ctx) -> None:
         trainer.compile(keras.optimizers.Adam(2e-3),
                         keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         # fit calls the layer with training=True: Gaussian noise augmentation of the base.
-        trainer.fit(x_train, y_train, epochs=10 if ctx.quick else 25, batch_size=64,
+        trainer.fit(x_train, y_train, epochs=6 if ctx.quick else 25, batch_size=64,
                     verbose=0)
         predictions, radii = smoothed.certify(x_test[:n_cert], n0=100, n=n_samples,
                                               alpha=0.001, batch_size=2000)

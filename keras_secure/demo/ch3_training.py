@@ -27,7 +27,7 @@ def _compiled(seed):
 def run(ctx) -> None:
     x_train, y_train = datasets.load_digits("train", seed=ctx.seed)
     x_test, y_test = datasets.load_digits("test", seed=ctx.seed)
-    x_eval, y_eval = (x_test[:150], y_test[:150]) if ctx.quick else (x_test, y_test)
+    x_eval, y_eval = (x_test[:100], y_test[:100]) if ctx.quick else (x_test, y_test)
     epochs = 6 if ctx.quick else 15
     train_attack = A.PGD(EPS, steps=7, value_range=VALUE_RANGE, seed=ctx.seed)
     configs = [

@@ -35,7 +35,7 @@ def run(ctx) -> None:
     x_train, y_train = datasets.load_digits("train", seed=ctx.seed)
     x_test, y_test = datasets.load_digits("test", seed=ctx.seed)
     n = len(x_train)
-    epochs = 10 if ctx.quick else 20
+    epochs = 5 if ctx.quick else 20
     members = (x_train[:len(x_test)], y_train[:len(x_test)])
     rows = []
 

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Callable
 
-from keras_secure.demo import ch1_attacks, ch2_defences, ch3_training, ch4_privacy
+from keras_secure.demo import ch1_attacks, ch2_defences, ch3_training, ch4_privacy, ch5_rl
 
 
 class DemoContext:
@@ -27,6 +27,7 @@ class DemoContext:
         self.stream = stream or sys.stdout
         self.sections: list[str] = []
         self.results: dict = {}
+        self.children: list = []  # child processes started by chapters' prepare()
         self._start = time.perf_counter()
 
     def log(self, message: str) -> None:
@@ -92,6 +93,7 @@ CHAPTERS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("Defences: input denoising and randomized smoothing", ch2_defences.run),
     ("Robust training: adversarial training and distillation", ch3_training.run),
     ("Privacy: DP-SGD and membership inference", ch4_privacy.run),
+    ("Reinforcement learning: attacks and defences on a TF-Agents DQN agent", ch5_rl.run),
 ]
 
 
@@ -114,10 +116,19 @@ def run_demo(quick: bool = False, seed: int = 0, output_dir: str = "keras_secure
     """
     os.makedirs(output_dir, exist_ok=True)
     ctx = DemoContext(quick, seed, output_dir, stream)
-    for number, (title, chapter) in enumerate(CHAPTERS, start=1):
-        ctx.log(f"Chapter {number}: {title}")
-        ctx.section(f"## Chapter {number}: {title}")
-        chapter(ctx)
+    for _, chapter in CHAPTERS:  # chapters with slow set-up start it now (chapter 5's child)
+        prepare = getattr(sys.modules[chapter.__module__], "prepare", None)
+        if prepare is not None:
+            prepare(ctx)
+    try:
+        for number, (title, chapter) in enumerate(CHAPTERS, start=1):
+            ctx.log(f"Chapter {number}: {title}")
+            ctx.section(f"## Chapter {number}: {title}")
+            chapter(ctx)
+    finally:
+        for child in ctx.children:  # started by a chapter's prepare() and not consumed
+            if child.poll() is None:
+                child.kill()
     path = ctx.write()
     ctx.log(f"Report written to {path}")
     return ctx

@@ -32,7 +32,12 @@ DENSE, CONV2D, EMBEDDING, GENERIC = "dense", "conv2d", "embedding", "generic"
 
 
 def own_trainable(layer):
-    """The trainable variables a layer owns itself (not its sub-layers')."""
+    """The trainable variables a layer owns itself (not its sub-layers').
+
+    Example:
+        >>> [v.name for v in own_trainable(keras.layers.Dense(2))]  # after build
+        ['kernel', 'bias']
+    """
     return [v for v in layer._trainable_variables if v.trainable] if layer.trainable else []
 
 
@@ -101,9 +106,22 @@ def recording(plan, tape):
     Conv2D, output otherwise). The layers' ``call`` / ``activation`` are replaced on the
     instances for the duration of the block only.
 
+    Args:
+        plan: from :func:`ghost_plan`.
+        tape: the persistent ``tf.GradientTape`` recording the forward pass.
+
     Yields:
         ``{layer: [_Call, ...]}``, filled by the forward pass (one entry per call, so shared
         layers are handled).
+
+    Raises:
+        ValueError: at trace time, for a planned layer called with several positional inputs,
+            or a generic layer called with tensor keyword arguments.
+
+    Example:
+        >>> with tf.GradientTape(persistent=True) as tape:
+        ...     with recording(plan, tape) as records:
+        ...         y_pred = model(x, training=True)
     """
     records = {layer: [] for layer in plan}
     with contextlib.ExitStack() as stack:
@@ -198,6 +216,11 @@ def squared_norms(plan, records, grads, n):
         ``(sq_norms, per_example)``: a float32 tensor of shape ``(n,)`` and
         ``{layer: [per-example gradient (n, *variable.shape) per own variable]}`` for the
         layers handled per example.
+
+    Example:
+        >>> targets = [c.target for calls in records.values() for c in calls]
+        >>> grads = dict(zip(map(id, targets), tape.gradient(total_loss, targets)))
+        >>> sq_norms, per_example = squared_norms(plan, records, grads, batch_size)
     """
     total, per_example = tf.zeros([n]), {}
     for layer, kind in plan.items():
