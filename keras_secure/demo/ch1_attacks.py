@@ -48,7 +48,7 @@ def run(ctx) -> None:
     ctx.results["chapter1"] = report.to_dict()
 
     ctx.log("accuracy vs eps for FGSM / PGD / APGD / Square ...")
-    eps_grid = [0.05, 0.1, 0.2] if ctx.quick else [0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3]
+    eps_grid = [0.05, 0.1, 0.2] if ctx.quick else [0.02, 0.05, 0.1, 0.15, 0.2, 0.3]
     curves = {}
     for name, make in [
         ("FGSM", lambda e: A.FGSM(e, value_range=VALUE_RANGE)),
@@ -56,7 +56,7 @@ def run(ctx) -> None:
                                 seed=ctx.seed)),
         ("APGD-CE", lambda e: A.APGD(e, steps=20 if ctx.quick else 50,
                                      value_range=VALUE_RANGE, seed=ctx.seed)),
-        ("Square", lambda e: A.Square(e, queries=200 if ctx.quick else 1000,
+        ("Square", lambda e: A.Square(e, queries=200 if ctx.quick else 500,
                                       value_range=VALUE_RANGE, seed=ctx.seed)),
     ]:
         curve = []

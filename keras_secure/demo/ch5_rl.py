@@ -24,7 +24,7 @@ TAMPER_PROBABILITY = 0.6  # reward sign flips: expected reward per step 1 - 2p <
 def _settings(quick: bool) -> dict:
     if quick:
         return {"steps": 400, "warmup": 200, "episodes": 2, "pgd_steps": 2, "max_steps": 100}
-    return {"steps": 10000, "warmup": 1000, "episodes": 10, "pgd_steps": 5, "max_steps": 500}
+    return {"steps": 9000, "warmup": 1000, "episodes": 10, "pgd_steps": 5, "max_steps": 500}
 
 
 # ----------------------------------------------------------------------------------------------
