@@ -146,6 +146,24 @@ def test_ghost_clipping_refuses_what_it_cannot_split_and_auto_falls_back():
     with pytest.raises(ValueError, match="clipping"):
         DPSGD(1.0, 0.0, num_examples=4, batch_size=4, delta=1e-5, clipping="fast")
 
+    class Subclassed(keras.Model):  # unbuilt when fit checks it: no variables to plan yet
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, inputs):
+            return self.dense(inputs)
+
+    for clipping in ("ghost", "auto"):
+        with pytest.raises(ValueError, match="Build it first"):
+            one_step(Subclassed(), x, y, DPSGD(1.0, 0.0, num_examples=4, batch_size=4,
+                                               delta=1e-5, clipping=clipping))
+    built = Subclassed()
+    built(x[:1])  # calling it on a batch creates its variables
+    ghost_dp = DPSGD(1.0, 0.0, num_examples=4, batch_size=4, delta=1e-5)
+    one_step(built, x, y, ghost_dp)
+    assert ghost_dp.stage.plan is not None
+
 
 def test_noise_has_the_calibrated_standard_deviation():
     sigma, clip, batch = 2.0, 0.5, 10

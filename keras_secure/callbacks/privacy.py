@@ -43,6 +43,12 @@ class _DPStage(Stage):
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def check_model(self, model):
+        if not model.trainable_variables:
+            raise ValueError(
+                "DPSGD needs the model's variables before training starts (the update is "
+                "clipped and noised over all of them), but the model has none yet. Build it "
+                "first: start it with keras.Input, or call it on a batch (a subclassed "
+                "model's build(input_shape) may create none).")
         mixing = _mixing_layers(model)
         if mixing:
             raise ValueError(

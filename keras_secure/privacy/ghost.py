@@ -72,6 +72,9 @@ def ghost_plan(model):
         {'conv2d': 'conv2d', 'dense': 'dense'}
     """
     plan, problems, covered = {}, [], set()
+    if not model.trainable_variables:
+        return plan, ["the model has no trainable variables yet (build it first, e.g. by "
+                      "calling it on a batch or starting it with keras.Input)"]
     for layer in model._flatten_layers(include_self=False, recursive=True):
         own = own_trainable(layer)
         if not own:
