@@ -8,20 +8,12 @@ import keras
 from keras_secure import attacks as A
 from keras_secure import datasets, models
 from keras_secure.callbacks import AdversarialTraining, RobustnessMonitor, defensive_distillation
+from keras_secure.demo.common import compiled_cnn
 from keras_secure.evaluation import evaluate_robustness
 
 VALUE_RANGE = (0.0, 1.0)
 EPS = 0.1
 L2_EPS = 1.0
-
-
-def _compiled(seed):
-    keras.utils.set_random_seed(seed)
-    model = models.small_cnn(seed=seed)
-    model.compile(keras.optimizers.Adam(2e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
-    return model
 
 
 def run(ctx) -> None:
@@ -42,7 +34,7 @@ def run(ctx) -> None:
         ctx.log(f"training: {name} ({epochs} epochs) ...")
         monitor = RobustnessMonitor(x_test, y_test, A.PGD(EPS, steps=10, value_range=VALUE_RANGE,
                                                           seed=ctx.seed), max_samples=100)
-        model = _compiled(ctx.seed)
+        model = compiled_cnn(ctx.seed, keras.optimizers.Adam(2e-3))
         model.fit(x_train, y_train, epochs=epochs, batch_size=64, verbose=0,
                   callbacks=[*callbacks, monitor])
         trained[name] = model

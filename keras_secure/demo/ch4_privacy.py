@@ -7,8 +7,9 @@ import math
 
 import keras
 
-from keras_secure import datasets, models
+from keras_secure import datasets
 from keras_secure.callbacks import DPSGD
+from keras_secure.demo.common import compiled_cnn
 from keras_secure.privacy import (
     advantage_bound,
     audit_membership,
@@ -22,15 +23,6 @@ CLIP = 1.0
 TARGETS = (8.0, 1.0)
 
 
-def _compiled(seed, learning_rate):
-    keras.utils.set_random_seed(seed)
-    model = models.small_cnn(seed=seed)
-    model.compile(keras.optimizers.SGD(learning_rate, momentum=0.9),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
-    return model
-
-
 def run(ctx) -> None:
     x_train, y_train = datasets.load_digits("train", seed=ctx.seed)
     x_test, y_test = datasets.load_digits("test", seed=ctx.seed)
@@ -40,7 +32,7 @@ def run(ctx) -> None:
     rows = []
 
     ctx.log(f"training: non-private ({epochs} epochs) ...")
-    model = _compiled(ctx.seed, 0.05)
+    model = compiled_cnn(ctx.seed, keras.optimizers.SGD(0.05, momentum=0.9))
     model.fit(x_train, y_train, epochs=epochs, batch_size=BATCH, verbose=0)
     rows.append(("Non-private (SGD)", "-", math.inf, model))
 
@@ -51,7 +43,7 @@ def run(ctx) -> None:
         dataset, steps = poisson_batches(x_train, y_train, BATCH, seed=ctx.seed)
         dp = DPSGD(CLIP, sigma, num_examples=n, batch_size=BATCH, delta=DELTA,
                    target_epsilon=target, seed=ctx.seed)
-        model = _compiled(ctx.seed, 0.05)
+        model = compiled_cnn(ctx.seed, keras.optimizers.SGD(0.05, momentum=0.9))
         model.fit(dataset, steps_per_epoch=steps, epochs=epochs, verbose=0, callbacks=[dp])
         rows.append((f"DP-SGD (target eps = {target:g})", f"{sigma:.2f}", dp.epsilon(), model))
 
