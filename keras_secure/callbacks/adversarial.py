@@ -15,10 +15,9 @@ from keras_secure.attacks.base import (
     logits_function,
     objective_and_gradient,
     project_and_clip,
-    steepest_direction,
 )
 from keras_secure.training.hook import Stage, StageCallback
-from keras_secure.training.losses import kl_divergence, log_probabilities
+from keras_secure.training.losses import kl_adversary, kl_divergence, log_probabilities
 
 MODES = ("madry", "mixed", "trades", "fast")
 
@@ -88,21 +87,9 @@ class _AdversarialStage(Stage):
     def _trades_example(self, x):
         # Zhang et al. (2019): maximise KL(f(x) || f(x')) from x + 0.001 N(0, 1).
         a = self.attack
-        clean = tf.stop_gradient(log_probabilities(self._logits_fn(x)))
-        start = x + 0.001 * keras.random.normal(tf.shape(x), seed=a._seed_generator)
         step = a.step_size if getattr(a, "step_size", None) else 2.5 * self.eps_var / a.steps
-
-        def body(i, x_adv):
-            with tf.GradientTape() as tape:
-                tape.watch(x_adv)
-                kl = kl_divergence(clean, log_probabilities(self._logits_fn(x_adv)))
-            grad = tape.gradient(kl, x_adv)
-            x_adv = project_and_clip(x_adv + step * steepest_direction(grad, a.norm), x,
-                                     self.eps_var, a.norm, a.value_range)
-            return i + 1, x_adv
-
-        _, x_adv = tf.while_loop(lambda i, _: i < a.steps, body, [tf.constant(0), start])
-        return tf.stop_gradient(x_adv)
+        return kl_adversary(self._logits_fn, x, self.eps_var, a.steps, step, a.norm,
+                            a.value_range, a._seed_generator)
 
     # -- loss ---------------------------------------------------------------------------------
     def loss(self, model, x, y, y_pred, sample_weight, base_loss):

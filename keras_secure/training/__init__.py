@@ -1,7 +1,7 @@
 """The training-step hook that callbacks plug into (DESIGN.md section 3), and training losses."""
 
 from keras_secure.training.hook import Stage, StageCallback, TrainingHook, attach, hook_of
-from keras_secure.training.losses import kl_divergence, log_probabilities
+from keras_secure.training.losses import kl_adversary, kl_divergence, log_probabilities
 
-__all__ = ["Stage", "StageCallback", "TrainingHook", "attach", "hook_of", "kl_divergence",
-           "log_probabilities"]
+__all__ = ["Stage", "StageCallback", "TrainingHook", "attach", "hook_of", "kl_adversary",
+           "kl_divergence", "log_probabilities"]
