@@ -330,6 +330,7 @@ class AdversarialObservation(_OwnRandom, gym.ObservationWrapper, RecordConstruct
         _check_policy(env, policy_fn)
         self.policy_fn, self.attack = policy_fn, attack
         self._rng = None
+        self._perturb = _single_observation_attack(policy_fn, attack, env.observation_space)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         self._seed_rng(seed)
@@ -340,8 +341,32 @@ class AdversarialObservation(_OwnRandom, gym.ObservationWrapper, RecordConstruct
             return observation
         space = self.observation_space
         x = np.asarray(observation, np.float32)[np.newaxis]
-        x_adv = np.asarray(self.attack(self.policy_fn, x))[0]
+        if self.attack.value_range is not None:
+            low, high = self.attack.value_range
+            if x.min() < low or x.max() > high:
+                raise ValueError(f"The observation must lie in the attack's value_range="
+                                 f"{self.attack.value_range}. Received values in "
+                                 f"[{x.min():g}, {x.max():g}]")
+        x_adv = self._perturb(x).numpy()[0]
         return np.clip(x_adv, space.low, space.high).astype(space.dtype)
+
+
+def _single_observation_attack(policy_fn, attack, space):
+    """``attack`` on one observation against ``policy_fn``'s greedy action, traced once into a
+    graph for a ``(1, *space.shape)`` batch (the policy was checked at construction, so the
+    per-call validation of ``Attack.__call__`` is not repeated on every step)."""
+    import tensorflow as tf
+
+    from keras_secure.attacks.base import logits_function
+
+    logits_fn = logits_function(policy_fn)
+
+    @tf.function(input_signature=[tf.TensorSpec((1, *space.shape), tf.float32)])
+    def perturb(x):
+        greedy = tf.argmax(logits_fn(x), axis=-1, output_type=tf.int32)
+        return attack.perturb(logits_fn, x, greedy)
+
+    return perturb
 
 
 class ActionPerturbation(_OwnRandom, gym.ActionWrapper, RecordConstructorArgs):
