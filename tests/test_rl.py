@@ -384,3 +384,103 @@ def test_dynamic_reward_shaping():
         rl.DynamicRewardShaping(Walk(), "phi")
     check_env(rl.DynamicRewardShaping(gym.make("CartPole-v1"), lambda s: -abs(float(s[2]))),
               skip_render_check=True)
+
+
+def _trajectories(observations, step_types, rewards, next_types=None):
+    """A batch-major TF-Agents trajectory batch, one step per row (0 FIRST, 1 MID, 2 LAST)."""
+    import tensorflow as tf
+    from tf_agents.trajectories import trajectory
+
+    n = len(rewards)
+    return trajectory.Trajectory(
+        step_type=tf.constant(step_types, tf.int32),
+        observation=tf.constant(observations, tf.float32), action=tf.zeros([n], tf.int64),
+        policy_info=(), next_step_type=tf.constant(
+            np.ones(n) if next_types is None else next_types, tf.int32),
+        reward=tf.constant(rewards, tf.float32), discount=tf.ones([n]))
+
+
+def test_reward_retention_metric_divides_mean_episode_return():
+    from keras_secure.rl.tf_agents import RewardRetentionMetric
+
+    metric = RewardRetentionMetric(clean_return=4.0, buffer_size=2)
+    # episodes of returns 2, 3 and 6 (step -> next step types; the LAST -> FIRST boundary
+    # carries no reward); the buffer keeps the last two
+    episodes = [[1, 1], [1, 1, 1], [2, 2, 2]]
+    for rewards in episodes:
+        types = [0] + [1] * (len(rewards) - 1) + [2]
+        for i, reward in enumerate(rewards + [0]):
+            metric(_trajectories([[0.0]], [types[i]], [reward], [types[(i + 1) % len(types)]]))
+    assert float(metric.result()) == pytest.approx((3 + 6) / 2 / 4)
+    metric.reset()
+    assert float(metric.result()) == 0.0
+    for bad in (0.0, float("inf")):
+        with pytest.raises(ValueError, match="clean_return"):
+            RewardRetentionMetric(bad)
+    with pytest.raises(ValueError, match="buffer_size"):
+        RewardRetentionMetric(1.0, buffer_size=0)
+
+
+def test_policy_deviation_metric_matches_the_closed_form():
+    import keras
+    import tensorflow as tf
+
+    from keras_secure import attacks
+    from keras_secure.rl.tf_agents import PolicyDeviationMetric
+
+    # linear scores with 2 actions: FGSM-eps flips the greedy action exactly when the margin
+    # |(w1 - w0) . s + b1 - b0| is below eps * ||w1 - w0||_1
+    w = np.array([[1.0, -1.0], [0.5, 2.0], [-2.0, 0.0]], np.float32)
+    b = np.array([0.3, -0.1], np.float32)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.set_weights([w, b])
+    obs = np.random.default_rng(0).normal(0, 0.5, (200, 3)).astype(np.float32)
+    eps = 0.2
+    d, db = w[:, 1] - w[:, 0], b[1] - b[0]
+    flips = np.abs(obs @ d + db) < eps * np.abs(d).sum()
+    step_types = np.ones(200, np.int32)
+    step_types[:10] = 2  # LAST steps are not counted
+    expected = flips[10:].mean()
+    assert 0.05 < expected < 0.95
+
+    metric = PolicyDeviationMetric(model, attacks.FGSM(eps))
+    half = _trajectories(obs[:100], step_types[:100], np.zeros(100))
+    metric(half)
+    metric(_trajectories(obs[100:], step_types[100:], np.zeros(100)))
+    assert float(metric.result()) == pytest.approx(expected, abs=1e-6)
+    # a (batch, time) trajectory is flattened the same way
+    metric.reset()
+    metric(tf.nest.map_structure(lambda t: tf.reshape(t, [10, 10, *t.shape[1:]]), half))
+    assert float(metric.result()) == pytest.approx(flips[10:100].mean(), abs=1e-6)
+    with pytest.raises(TypeError, match="attack"):
+        PolicyDeviationMetric(model, attacks.FGSM(eps, targeted=True))
+    with pytest.raises(TypeError, match="scores"):
+        PolicyDeviationMetric("model", attacks.FGSM(eps))
+
+
+def test_policy_deviation_metric_observes_a_tf_agents_driver():
+    import keras
+    import tensorflow as tf
+    from tf_agents.drivers import dynamic_step_driver
+    from tf_agents.environments import tf_py_environment
+    from tf_agents.policies import random_tf_policy
+
+    from keras_secure import attacks
+    from keras_secure.rl.tf_agents import (
+        PolicyDeviationMetric,
+        RewardRetentionMetric,
+        to_tf_agents,
+    )
+
+    env = tf_py_environment.TFPyEnvironment(to_tf_agents(gym.make("CartPole-v1"), seed=0))
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    deviation = PolicyDeviationMetric(model, attacks.PGD(0.05, steps=3, seed=0))
+    retention = RewardRetentionMetric(clean_return=100.0)
+    policy = random_tf_policy.RandomTFPolicy(env.time_step_spec(), env.action_spec())
+    driver = dynamic_step_driver.DynamicStepDriver(env, policy, [deviation, retention],
+                                                   num_steps=200)
+    tf.function(driver.run)()
+    assert 0.0 < float(deviation.result()) < 1.0
+    assert int(deviation._total) > 150
+    assert 0.0 < float(retention.result()) < 1.0

@@ -11,8 +11,15 @@ Three recipes, each a piece a TF-Agents user drops into an existing training loo
   2017 and Zhang et al. 2021's ATLA with a gradient adversary): experience is collected from an
   environment whose observations are, with some probability per step, perturbed against the
   *current* network (the wrapper holds the live network, so the adversary follows training).
+- **State-adversarial PPO** (:class:`SAPPOAgent`, Zhang et al. 2020): a ``PPOClipAgent`` whose
+  loss gets ``weight * mean(max_{s' in B(s)} KL(pi(s) || pi(s')))``, the maximum found by PGD
+  on the KL (as in TRADES).
 - **Noise injection** (:func:`noisy_collection_env`): collection under random observation
   noise (``ObservationNoise``).
+
+PPO on discrete actions needs a categorical projection network; TF-Agents' own fails under
+NumPy 2 (``int()`` of a 1-element array), so :class:`CategoricalProjectionNetwork` /
+:func:`categorical_projection_net` provide one for ``ActorDistributionNetwork``.
 
 TF-Agents agents are built on Keras 2 (tf-keras): ``TF_USE_LEGACY_KERAS=1`` must be set before
 TensorFlow is first imported (``TF_USE_LEGACY_KERAS=1 python train.py``, or
@@ -21,8 +28,6 @@ module without it raises an ``ImportError`` that says so; keras_secure never set
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 import gymnasium as gym
 import tensorflow as tf
@@ -55,42 +60,21 @@ def require_legacy_keras(what: str = "keras_secure.rl.robust") -> None:
 
 require_legacy_keras()
 
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow_probability as tfp  # noqa: E402
 from tf_agents.agents import tf_agent  # noqa: E402
 from tf_agents.agents.dqn import dqn_agent  # noqa: E402
+from tf_agents.agents.ppo import ppo_clip_agent  # noqa: E402
+from tf_agents.networks import network  # noqa: E402
+from tf_agents.networks import utils as network_utils  # noqa: E402
+from tf_agents.specs import distribution_spec, tensor_spec  # noqa: E402
 
-from keras_secure.attacks.base import check_number  # noqa: E402
+from keras_secure.attacks.base import check_choice, check_number  # noqa: E402
 from keras_secure.attacks.pgd import PGD  # noqa: E402
-from keras_secure.rl.tf_agents import to_tf_agents  # noqa: E402
+from keras_secure.training.losses import kl_adversary, kl_divergence  # noqa: E402
+from keras_secure.rl.tf_agents import network_scores, to_tf_agents  # noqa: E402
 from keras_secure.rl.wrappers import AdversarialObservation, ObservationNoise  # noqa: E402
-
-
-def network_scores(network) -> Callable[[tf.Tensor], tf.Tensor]:
-    """``observations -> action scores`` for a TF-Agents network: Q-values of a ``QNetwork``,
-    or the logits of an actor network's categorical distribution (PPO, REINFORCE).
-
-    Args:
-        network: a TF-Agents ``Network`` called as ``network(observations)``.
-
-    Returns:
-        A callable mapping a float batch of observations to ``(batch, n_actions)`` scores, for
-        keras_secure's attacks and :class:`~keras_secure.rl.AdversarialObservation`.
-
-    Raises:
-        TypeError: if ``network`` is not callable.
-
-    Example:
-        >>> env = AdversarialObservation(gym_env, network_scores(agent._q_network), FGSM(0.05))
-    """
-    if not callable(network):
-        raise TypeError(f"`network` must be a TF-Agents network. Received: {network!r}")
-
-    def scores(observations):
-        out, _ = network(observations, training=False)
-        if hasattr(out, "logits_parameter"):
-            return out.logits_parameter()
-        return out
-
-    return scores
 
 
 class SADqnAgent(dqn_agent.DqnAgent):
@@ -221,3 +205,181 @@ def noisy_collection_env(env: gym.Env, eps: float, kind: str = "linf",
     """
     return to_tf_agents(ObservationNoise(env, eps, kind=kind, probability=probability),
                         seed=seed)
+
+
+class CategoricalProjectionNetwork(network.DistributionNetwork):
+    """Projects hidden features to a ``tfp.distributions.Categorical`` over discrete actions:
+    the discrete head of a TF-Agents ``ActorDistributionNetwork`` (PPO, REINFORCE).
+
+    A drop-in for TF-Agents' network of the same name, which fails to construct under NumPy 2
+    (it calls ``int()`` on a 1-element array). One linear layer gives the logits, shaped
+    ``action_spec.shape + (n_actions,)``; invalid actions under a ``mask`` get the most
+    negative float as logit (not ``-inf``, which makes tfp return NaNs).
+
+    Args:
+        sample_spec: a bounded, discrete (integer) ``BoundedTensorSpec`` of actions, with the
+            same number of actions in every dimension and minimum 0.
+        logits_init_output_factor: scale of the variance-scaling initializer of the logits'
+            kernel, > 0. Small values start the policy close to uniform. Defaults to 0.1.
+        name: the network's name.
+
+    Raises:
+        TypeError: if ``sample_spec`` is not a bounded integer spec.
+        ValueError: if its dimensions have different numbers of actions, fewer than 1, or a
+            non-zero minimum (a categorical samples 0..n-1), or ``logits_init_output_factor``
+            is not positive.
+
+    Example:
+        >>> actor = actor_distribution_network.ActorDistributionNetwork(
+        ...     obs_spec, action_spec, fc_layer_params=(64, 64),
+        ...     discrete_projection_net=categorical_projection_net)
+    """
+
+    def __init__(self, sample_spec, logits_init_output_factor: float = 0.1,
+                 name: str = "CategoricalProjectionNetwork"):
+        if not (tensor_spec.is_bounded(sample_spec) and tensor_spec.is_discrete(sample_spec)):
+            raise TypeError("`sample_spec` must be a bounded integer (discrete) action spec. "
+                            f"Received: {sample_spec!r}")
+        minimum = np.asarray(sample_spec.minimum)
+        counts = np.unique(np.asarray(sample_spec.maximum) - minimum + 1)
+        if counts.size != 1 or counts[0] < 1:
+            raise ValueError("`sample_spec` must have the same number (>= 1) of actions in every "
+                             f"dimension. Received: {counts.tolist()} actions")
+        if np.any(minimum != 0):
+            raise ValueError("`sample_spec` must have minimum 0 (a categorical samples "
+                             f"0..n-1). Received: minimum={minimum.tolist()}")
+        factor = check_number("logits_init_output_factor", logits_init_output_factor, low=0.0,
+                              low_inclusive=False)
+        n_actions = int(counts[0])
+        self._logits_shape = tf.TensorShape(sample_spec.shape).concatenate([n_actions])
+        logits_spec = tensor_spec.TensorSpec(self._logits_shape, tf.float32, name=name + "_logits")
+        output_spec = distribution_spec.DistributionSpec(
+            tfp.distributions.Categorical, {"logits": logits_spec}, sample_spec=sample_spec,
+            dtype=sample_spec.dtype)
+        super().__init__(input_tensor_spec=None, state_spec=(), output_spec=output_spec,
+                         name=name)
+        self._logits_layer = tf.keras.layers.Dense(
+            self._logits_shape.num_elements(),
+            kernel_initializer=tf.keras.initializers.VarianceScaling(scale=factor),
+            bias_initializer="zeros", name="logits")
+
+    def call(self, inputs, outer_rank, training=False, mask=None):
+        # The outer (batch, time) dimensions are flattened for the Dense layer and restored.
+        squash = network_utils.BatchSquash(outer_rank)
+        features = tf.cast(squash.flatten(inputs), tf.float32)
+        logits = self._logits_layer(features, training=training)
+        logits = squash.unflatten(tf.reshape(logits, [-1] + self._logits_shape.as_list()))
+        if mask is not None:
+            mask = tf.cast(mask, tf.bool)
+            if mask.shape.rank < logits.shape.rank:
+                mask = tf.expand_dims(mask, -2)
+            logits = tf.where(mask, logits, tf.constant(logits.dtype.min, logits.dtype))
+        return self.output_spec.build_distribution(logits=logits), ()
+
+
+def categorical_projection_net(action_spec, logits_init_output_factor: float = 0.1):
+    """The ``discrete_projection_net`` argument of TF-Agents' ``ActorDistributionNetwork``:
+    builds a :class:`CategoricalProjectionNetwork` for ``action_spec``.
+
+    Args:
+        action_spec: the discrete action spec.
+        logits_init_output_factor: as :class:`CategoricalProjectionNetwork`.
+
+    Returns:
+        A :class:`CategoricalProjectionNetwork`.
+
+    Raises:
+        TypeError / ValueError: as :class:`CategoricalProjectionNetwork`.
+
+    Example:
+        >>> actor = actor_distribution_network.ActorDistributionNetwork(
+        ...     obs_spec, action_spec, discrete_projection_net=categorical_projection_net)
+    """
+    return CategoricalProjectionNetwork(action_spec, logits_init_output_factor)
+
+
+class SAPPOAgent(ppo_clip_agent.PPOClipAgent):
+    """A TF-Agents ``PPOClipAgent`` with the state-adversarial regularizer of SA-PPO (Zhang et
+    al. 2020, PGD solver).
+
+    For each state ``s`` of a training minibatch, ``s_adv`` in the ``sa_norm`` ball of radius
+    ``sa_eps`` maximizes ``KL(pi(.|s) || pi(.|s_adv))`` (``sa_steps`` steps of projected
+    ascent from a tiny random start, :func:`keras_secure.training.kl_adversary`); the loss adds
+    ``sa_weight * mean(weights * KL)``, so the policy's action distribution stays stable inside
+    the ball. Gradients flow through both ``pi(s)`` and ``pi(s_adv)``, as in the paper. The
+    regularizer is logged as ``Losses/sa_regularizer``. Categorical (discrete-action) actors
+    only; all other arguments are ``PPOClipAgent``'s.
+
+    Args:
+        time_step_spec, action_spec: as for ``PPOClipAgent``.
+        sa_eps: radius of the ball in observation units, > 0.
+        sa_weight: weight of the regularizer (``kappa`` in the paper), >= 0; 0 gives plain
+            PPO. Defaults to 0.1.
+        sa_steps: ascent steps, >= 1. Defaults to 5.
+        sa_norm: ``"linf"`` or ``"l2"``. Defaults to ``"linf"``.
+        seed: seed of the random start. Defaults to None.
+        **kwargs: any other ``PPOClipAgent`` argument (``optimizer``, ``actor_net``,
+            ``value_net``, ...).
+
+    Raises:
+        ValueError / TypeError: for SA arguments out of range (before any training), or an
+            actor network that is not a feed-forward categorical one.
+        ImportError: at import, if ``TF_USE_LEGACY_KERAS=1`` was not set.
+
+    Example:
+        >>> agent = SAPPOAgent(tf_env.time_step_spec(), tf_env.action_spec(), sa_eps=0.05,
+        ...                    optimizer=tf.keras.optimizers.Adam(1e-3), actor_net=actor,
+        ...                    value_net=value_net, num_epochs=10)
+
+    References:
+        Zhang, Chen, Xiao, Li, Liu, Boning & Hsieh (2020), "Robust Deep Reinforcement Learning
+        against Adversarial Perturbations on State Observations", NeurIPS.
+    """
+
+    def __init__(self, time_step_spec, action_spec, *, sa_eps: float, sa_weight: float = 0.1,
+                 sa_steps: int = 5, sa_norm: str = "linf", seed: int | None = None, **kwargs):
+        self.sa_eps = check_number("sa_eps", sa_eps, low=0.0, low_inclusive=False)
+        self.sa_weight = check_number("sa_weight", sa_weight, low=0.0)
+        self.sa_steps = check_number("sa_steps", sa_steps, low=1, integer=True)
+        self.sa_norm = check_choice("sa_norm", sa_norm, ("linf", "l2"))
+        self._sa_seed = keras.random.SeedGenerator(seed)
+        super().__init__(time_step_spec, action_spec, **kwargs)
+        if not isinstance(self._actor_net, network.DistributionNetwork) or \
+                self._actor_net.output_spec.builder is not tfp.distributions.Categorical:
+            raise TypeError("SAPPOAgent needs an actor network with a categorical output "
+                            "(e.g. ActorDistributionNetwork with discrete_projection_net="
+                            f"categorical_projection_net). Received: {self._actor_net!r}")
+        if self._actor_net.state_spec:
+            raise TypeError("SAPPOAgent supports feed-forward actor networks only; the actor "
+                            f"has a recurrent state. Received: {self._actor_net!r}")
+
+    def sa_regularizer(self, observations, weights=None, training: bool = False):
+        """``mean(weights * KL(pi(s) || pi(s_adv)))`` for a batch of observations."""
+        observations = tf.cast(observations, tf.float32)
+
+        def logits(obs):
+            return self._actor_net(obs, step_type=None, network_state=(),
+                                   training=training)[0].logits_parameter()
+
+        adversarial = kl_adversary(logits, observations, self.sa_eps, self.sa_steps,
+                                   2.5 * self.sa_eps / self.sa_steps, self.sa_norm,
+                                   seed_generator=self._sa_seed)
+        kl = kl_divergence(tf.nn.log_softmax(logits(observations)),
+                           tf.nn.log_softmax(logits(adversarial)))
+        if weights is not None:
+            kl = kl * tf.cast(weights, kl.dtype)
+        return tf.reduce_mean(kl)
+
+    def get_loss(self, time_steps, actions, act_log_probs, returns, normalized_advantages,
+                 action_distribution_parameters, weights, train_step, debug_summaries,
+                 old_value_predictions=None, training=False):
+        info = super().get_loss(time_steps, actions, act_log_probs, returns,
+                                normalized_advantages, action_distribution_parameters, weights,
+                                train_step, debug_summaries,
+                                old_value_predictions=old_value_predictions, training=training)
+        if self.sa_weight == 0:
+            return info
+        regularizer = self.sa_regularizer(time_steps.observation, weights, training=training)
+        tf.compat.v2.summary.scalar("Losses/sa_regularizer", regularizer,
+                                    step=self.train_step_counter)
+        return tf_agent.LossInfo(info.loss + self.sa_weight * regularizer, info.extra)

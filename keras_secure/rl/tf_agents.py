@@ -3,18 +3,28 @@
 environment (:class:`PyEnvironmentAsGym`), and :class:`KerasSecureWrapper`, a TF-Agents
 ``PyEnvironmentBaseWrapper`` that applies any keras_secure gymnasium wrapper to a TF-Agents
 environment - each wrapper is written once, for gymnasium, and reaches TF-Agents through these.
+Two TF-Agents metrics (:class:`RewardRetentionMetric`, :class:`PolicyDeviationMetric`) log the
+RL robustness metrics from a driver, and :func:`network_scores` turns a TF-Agents network into
+the ``observations -> scores`` callable keras_secure's attacks use.
 TF-Agents environments need no Keras, so this works without ``TF_USE_LEGACY_KERAS``; TF-Agents
 *agents* need it set before TensorFlow is imported (see :mod:`keras_secure.rl.robust`)."""
 
 from __future__ import annotations
 
+import math
+from typing import Callable
+
 import gymnasium as gym
 import numpy as np
+import tensorflow as tf
 from tf_agents.environments import py_environment, wrappers
+from tf_agents.metrics import tf_metric, tf_metrics
+from tf_agents.networks import network as tf_agents_network
 from tf_agents.specs import array_spec
 from tf_agents.trajectories import time_step as ts
+from tf_agents.utils import common
 
-from keras_secure.attacks.base import check_number
+from keras_secure.attacks.base import Attack, check_number, logits_function
 
 
 def _spec(space: gym.Space, name: str):
@@ -223,3 +233,136 @@ class KerasSecureWrapper(wrappers.PyEnvironmentBaseWrapper):
 
     def _step(self, action):
         return self._adapter.step(action)
+
+
+def network_scores(network) -> Callable[[tf.Tensor], tf.Tensor]:
+    """``observations -> action scores`` for a TF-Agents network: Q-values of a ``QNetwork``,
+    or the logits of an actor network's categorical distribution (PPO, REINFORCE).
+
+    Args:
+        network: a feed-forward TF-Agents ``Network``, called as
+            ``network(observations, step_type=None, network_state=())``.
+
+    Returns:
+        A callable mapping a float batch of observations to ``(batch, n_actions)`` scores, for
+        keras_secure's attacks, :class:`~keras_secure.rl.AdversarialObservation` and
+        :class:`PolicyDeviationMetric`.
+
+    Raises:
+        TypeError: if ``network`` is not callable.
+
+    Example:
+        >>> env = AdversarialObservation(gym_env, network_scores(agent._q_network), FGSM(0.05))
+    """
+    if not callable(network):
+        raise TypeError(f"`network` must be a TF-Agents network. Received: {network!r}")
+
+    def scores(observations):
+        out, _ = network(observations, step_type=None, network_state=(), training=False)
+        if hasattr(out, "logits_parameter"):
+            return out.logits_parameter()
+        return out
+
+    return scores
+
+
+class RewardRetentionMetric(tf_metrics.AverageReturnMetric):
+    """TF-Agents metric: average return of the last ``buffer_size`` episodes divided by a clean
+    reference return - the reward retention under attack (or, for a defended agent under
+    attack, its reward restoration), logged from a driver like ``AverageReturnMetric``.
+
+    Args:
+        clean_return: the agent's mean return without attack (e.g. from
+            :func:`keras_secure.rl.evaluate_policy`), non-zero and finite.
+        name, prefix, batch_size, buffer_size: as ``AverageReturnMetric``.
+
+    Raises:
+        ValueError / TypeError: if ``clean_return`` is zero, not finite or not a number.
+
+    Example:
+        >>> retention = RewardRetentionMetric(clean_return=480.0)
+        >>> DynamicEpisodeDriver(attacked_tf_env, policy, [retention], num_episodes=10).run()
+        >>> retention.result()   # attacked mean return / 480
+    """
+
+    def __init__(self, clean_return: float, name: str = "RewardRetention",
+                 prefix: str = "Metrics", batch_size: int = 1, buffer_size: int = 10):
+        clean_return = check_number("clean_return", clean_return)
+        if clean_return == 0 or not math.isfinite(clean_return):
+            raise ValueError("`clean_return` must be non-zero and finite. "
+                             f"Received: clean_return={clean_return!r}")
+        batch_size = check_number("batch_size", batch_size, low=1, integer=True)
+        buffer_size = check_number("buffer_size", buffer_size, low=1, integer=True)
+        super().__init__(name=name, prefix=prefix, batch_size=batch_size,
+                         buffer_size=buffer_size)
+        self.clean_return = float(clean_return)
+
+    def result(self):
+        return super().result() / self.clean_return
+
+
+class PolicyDeviationMetric(tf_metric.TFStepMetric):
+    """TF-Agents metric: the fraction of observed states at which an attack changes the
+    greedy action of a network (policy deviation), as a driver observer that runs in the
+    driver's graph.
+
+    For every non-boundary step of the trajectories it observes (a LAST step's action leads
+    nowhere and is skipped), the greedy action ``argmax scores(s)`` is compared with
+    ``argmax scores(attack(s))``, the attack pushing away from the greedy action. The states
+    are the ones the driver visits: with a clean environment this is "how often would the
+    attack change the action along the agent's own trajectories". (The function
+    :func:`keras_secure.rl.policy_deviation` instead follows the attacked trajectory.)
+
+    Args:
+        scores: a TF-Agents network (Q-network or categorical actor), or a callable mapping a
+            float batch of observations to ``(batch, n_actions)`` scores.
+        attack: an untargeted keras_secure attack, e.g. ``PGD(0.05, steps=5)``.
+        name, prefix: as TF-Agents metrics.
+
+    Raises:
+        TypeError: for a non-callable ``scores`` or a targeted / non-keras_secure attack.
+
+    Example:
+        >>> deviation = PolicyDeviationMetric(agent._q_network, ks.attacks.PGD(0.1, steps=5))
+        >>> DynamicStepDriver(tf_env, agent.policy, [deviation], num_steps=1000).run()
+        >>> float(deviation.result())
+    """
+
+    def __init__(self, scores, attack, name: str = "PolicyDeviation", prefix: str = "Metrics"):
+        if not callable(scores):
+            raise TypeError("`scores` must be a TF-Agents network or a callable returning action "
+                            f"scores. Received: scores={scores!r}")
+        if not isinstance(attack, Attack) or attack.targeted:
+            raise TypeError("`attack` must be an untargeted keras_secure attack. "
+                            f"Received: attack={attack!r}")
+        super().__init__(name=name, prefix=prefix)
+        if isinstance(scores, tf_agents_network.Network):
+            scores = network_scores(scores)
+        self._scores = logits_function(scores)
+        self.attack = attack
+        self._changed = common.create_variable("changed", 0, dtype=tf.int64)
+        self._total = common.create_variable("total", 0, dtype=tf.int64)
+
+    @tf.function  # not TF-Agents' relaxed-shape function: the flattening needs static ranks
+    def _update_state(self, trajectory):
+        return self.call(trajectory)
+
+    def call(self, trajectory):
+        outer = trajectory.step_type.shape.rank
+        obs = tf.cast(trajectory.observation, tf.float32)
+        obs = tf.reshape(obs, [-1, *obs.shape[outer:]])  # outer (batch, time) dims flattened
+        valid = tf.reshape(~trajectory.is_boundary(), [-1])
+        greedy = tf.argmax(self._scores(obs), axis=-1, output_type=tf.int32)
+        adversarial = self.attack.perturb(self._scores, obs, greedy)
+        attacked = tf.argmax(self._scores(adversarial), axis=-1, output_type=tf.int32)
+        self._changed.assign_add(tf.reduce_sum(tf.cast(valid & (attacked != greedy), tf.int64)))
+        self._total.assign_add(tf.reduce_sum(tf.cast(valid, tf.int64)))
+        return trajectory
+
+    def result(self):
+        return tf.cast(self._changed, tf.float32) / tf.cast(tf.maximum(self._total, 1), tf.float32)
+
+    @common.function
+    def reset(self):
+        self._changed.assign(0)
+        self._total.assign(0)
