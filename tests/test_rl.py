@@ -484,3 +484,26 @@ def test_policy_deviation_metric_observes_a_tf_agents_driver():
     assert 0.0 < float(deviation.result()) < 1.0
     assert int(deviation._total) > 150
     assert 0.0 < float(retention.result()) < 1.0
+
+
+@pytest.mark.parametrize("window", [3, 4, 7, 100])
+def test_robust_reward_stats_equal_numpys_median_and_mad(window):
+    from keras_secure.rl.wrappers import _RobustRewardStats
+
+    rng = np.random.default_rng(window)
+    stats = _RobustRewardStats(window, threshold=2.0, min_scale=1e-3)
+    # continuous values, ties (rounded) and repeated constants, through the sliding window
+    stream = np.concatenate([rng.normal(size=150), np.round(rng.normal(size=150)), np.ones(20)])
+    for i, reward in enumerate(stream):
+        stats.accept(float(reward))
+        history = np.asarray(stream[max(0, i + 1 - window):i + 1])
+        assert stats.history == history.tolist()
+        if len(history) < 3:
+            assert stats.median() is None and not stats.is_outlier(5.0)
+            continue
+        median = np.median(history)
+        mad = np.median(np.abs(history - median))
+        assert stats.median() == median and stats._median_and_mad()[1] == mad
+        probe = float(rng.normal(scale=3))
+        scale = max(1.4826 * mad, 1e-3)
+        assert stats.is_outlier(probe) == (abs(probe - median) > 2.0 * scale)

@@ -10,6 +10,8 @@ with the same seed - which would confound every clean-vs-attacked comparison.
 
 from __future__ import annotations
 
+import bisect
+import collections
 import math
 from typing import Any, Callable, SupportsFloat
 
@@ -432,29 +434,61 @@ class ActionPerturbation(_OwnRandom, gym.ActionWrapper, RecordConstructorArgs):
 
 
 class _RobustRewardStats:
-    """Running median / MAD of the last ``window`` accepted rewards, flagging outliers."""
+    """Running median / MAD of the last ``window`` accepted rewards, flagging outliers.
+
+    The window is kept sorted (``bisect``), so the median is read off the middle and the MAD -
+    the median of ``|r - median|`` - by merging the deviations outwards from the middle, about
+    ``window / 2`` comparisons; both are cached until the next accepted reward. Equal to NumPy's
+    ``median`` / ``median(abs(r - median))`` (tested)."""
 
     def __init__(self, window: int, threshold: float, min_scale: float):
         self.window, self.threshold, self.min_scale = window, threshold, min_scale
-        self.history: list[float] = []
+        self._arrivals: collections.deque[float] = collections.deque()
+        self._sorted: list[float] = []
+        self._cache: tuple[float, float] | None = None
+
+    @property
+    def history(self) -> list[float]:
+        """The accepted rewards in the window, oldest first."""
+        return list(self._arrivals)
+
+    def _median_and_mad(self) -> tuple[float, float]:
+        if self._cache is None:
+            s, n = self._sorted, len(self._sorted)
+            h = n // 2
+            median = s[h] if n % 2 else (s[h - 1] + s[h]) / 2
+            # deviations grow walking down from s[h - 1] and up from s[h]: merge h + 1 of them
+            i, j, devs = h - 1, h, []
+            for _ in range(h + 1):
+                if j >= n or (i >= 0 and median - s[i] <= s[j] - median):
+                    devs.append(median - s[i])
+                    i -= 1
+                else:
+                    devs.append(s[j] - median)
+                    j += 1
+            mad = devs[h] if n % 2 else (devs[h - 1] + devs[h]) / 2
+            self._cache = (median, mad)
+        return self._cache
 
     def median(self) -> float | None:
-        return float(np.median(self.history)) if len(self.history) >= 3 else None
+        return self._median_and_mad()[0] if len(self._sorted) >= 3 else None
 
     def is_outlier(self, reward: float) -> bool:
         """True if ``reward`` is more than ``threshold`` robust stds from the median (needs at
         least 3 accepted rewards)."""
-        if len(self.history) < 3:
+        if len(self._sorted) < 3:
             return False
-        history = np.asarray(self.history)
-        median = float(np.median(history))
-        scale = max(1.4826 * float(np.median(np.abs(history - median))), self.min_scale)
+        median, mad = self._median_and_mad()
+        scale = max(1.4826 * mad, self.min_scale)
         return abs(reward - median) > self.threshold * scale
 
     def accept(self, reward: float) -> None:
-        self.history.append(reward)
-        if len(self.history) > self.window:
-            del self.history[0]
+        bisect.insort(self._sorted, reward)
+        self._arrivals.append(reward)
+        if len(self._arrivals) > self.window:
+            oldest = self._arrivals.popleft()
+            del self._sorted[bisect.bisect_left(self._sorted, oldest)]
+        self._cache = None
 
 
 class RewardGuard(gym.Wrapper, RecordConstructorArgs):
