@@ -2,13 +2,12 @@
 
 import csv
 import os
-import subprocess
-import sys
 import textwrap
 
 import keras
 import numpy as np
 import pytest
+from _subprocess import run_python
 import tensorflow as tf
 
 import keras_secure as ks
@@ -272,8 +271,7 @@ MIRRORED = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_adversarial_training_under_mirrored_strategy():
-    result = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True,
-                            timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    result = run_python(MIRRORED)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "MIRRORED OK" in result.stdout
 

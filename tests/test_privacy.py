@@ -1,14 +1,13 @@
 """DP-SGD: exact updates without noise, noise scale, accounting, budget stop, refusals."""
 
-import os
 import re
-import subprocess
 import sys
 import textwrap
 
 import keras
 import numpy as np
 import pytest
+from _subprocess import run_python
 import tensorflow as tf
 from dp_accounting import dp_event
 from dp_accounting.rdp import rdp_privacy_accountant
@@ -317,7 +316,6 @@ MIRRORED_DP = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_dpsgd_under_mirrored_strategy_adds_noise_once_per_global_batch():
-    result = subprocess.run([sys.executable, "-c", MIRRORED_DP], capture_output=True, text=True,
-                            timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    result = run_python(MIRRORED_DP)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "MIRRORED DP OK" in result.stdout

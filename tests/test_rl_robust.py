@@ -1,25 +1,12 @@
 """Robust policy training on TF-Agents agents (keras_secure.rl.robust). TF-Agents agents need
 TF_USE_LEGACY_KERAS=1 before TensorFlow is imported, so these run in child processes."""
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
-
-
-def _run(code, **env):
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=600,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env})
+from _subprocess import run_python
 
 
 def test_robust_module_says_what_to_do_without_legacy_keras():
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    result = subprocess.run([sys.executable, "-c", "import keras_secure.rl.robust"],
-                            capture_output=True, text=True, timeout=300,
-                            env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    result = run_python("import keras_secure.rl.robust", unset=("TF_USE_LEGACY_KERAS",))
     assert result.returncode != 0
     assert "ImportError" in result.stderr
     assert "TF_USE_LEGACY_KERAS=1" in result.stderr and "before" in result.stderr
@@ -269,6 +256,6 @@ SA_PPO = """
 @pytest.mark.parametrize("code, marker", [(SA_DQN, "SA-DQN OK"), (SA_PPO, "SA-PPO OK")],
                          ids=["sa_dqn_and_robust_collection", "ppo_projection_and_sa_ppo"])
 def test_robust_training_recipes(code, marker):
-    result = _run(code, TF_USE_LEGACY_KERAS="1")
+    result = run_python(code, TF_USE_LEGACY_KERAS="1")
     assert result.returncode == 0, result.stderr[-4000:]
     assert marker in result.stdout, result.stdout[-2000:]

@@ -1,12 +1,10 @@
 """The stack of DESIGN.md section 4 works as installed: TF-Agents and TensorFlow Privacy run on
 TensorFlow 2.21 despite their stale published pins, and keras_secure refuses other backends."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from _subprocess import run_python
 
 STACK_SCRIPT = textwrap.dedent("""
     import sys
@@ -58,14 +56,9 @@ STACK_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _run(code, **env):
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env})
-
-
 @pytest.mark.slow
 def test_tf_agents_and_tf_privacy_work_on_this_stack():
-    result = _run(STACK_SCRIPT, TF_USE_LEGACY_KERAS="1")
+    result = run_python(STACK_SCRIPT, TF_USE_LEGACY_KERAS="1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "STACK OK" in result.stdout
 
@@ -73,7 +66,7 @@ def test_tf_agents_and_tf_privacy_work_on_this_stack():
 def test_import_refuses_other_backends():
     # Other backends need packages (jax, torch) this stack does not install, so the configured
     # backend is simulated; the guard reads it through keras.backend.backend().
-    result = _run("import keras; keras.backend.backend = lambda: 'jax'; import keras_secure")
+    result = run_python("import keras; keras.backend.backend = lambda: 'jax'; import keras_secure")
     assert result.returncode != 0
     assert "needs the TensorFlow backend" in result.stderr
     assert "KERAS_BACKEND=tensorflow" in result.stderr

@@ -4,7 +4,8 @@ dynamic reward shaping, robust policy optimization).
 
 TF-Agents agents need ``TF_USE_LEGACY_KERAS=1`` before TensorFlow is imported, which the demo
 process (Keras 3) cannot have; the chapter therefore runs its experiment in a child process
-(``python -m keras_secure.demo.ch5_rl``) whose environment sets it, and reads back JSON.
+(``python -m keras_secure.demo.ch5_rl``) whose environment sets it, and reads back JSON. The
+child starts with the demo and runs on the second core while chapters 1-4 run here.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 ENV_ID = "CartPole-v1"
@@ -39,7 +41,7 @@ def _make_agent(py_env, seed: int, sa_eps: float | None, settings: dict):
 
     from keras_secure.rl.robust import SADqnAgent
 
-    tf.random.set_seed(seed)
+    tf.keras.utils.set_random_seed(seed)  # Python, NumPy, TF: tf-keras initializers use Python random
     time_step_spec = tensor_spec.from_spec(py_env.time_step_spec())
     action_spec = tensor_spec.from_spec(py_env.action_spec())
     net = q_network.QNetwork(time_step_spec.observation, action_spec, fc_layer_params=(64, 64))
@@ -118,7 +120,7 @@ def train_dqn(make_env, seed: int, settings: dict, sa_eps: float | None = None,
               else to_tf_agents(make_env(), seed=seed))
     replay = _Replay(agent.collect_data_spec, settings["steps"] + settings["warmup"], seed)
     random_policy = random_py_policy.RandomPyPolicy(py_env.time_step_spec(),
-                                                    py_env.action_spec())
+                                                    py_env.action_spec(), seed=seed)
     time_step = py_env.reset()
     time_step, _ = py_driver.PyDriver(py_env, random_policy, [replay.add],
                                       max_steps=settings["warmup"]).run(time_step)
@@ -228,12 +230,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--wait", action="store_true",
-                        help="import everything, then wait for a line on stdin before running")
     args = parser.parse_args(argv)
-    if args.wait:
-        import keras_secure.rl.robust  # noqa: F401 - the slow imports, done while waiting
-        sys.stdin.readline()
     results = experiment(args.quick, args.seed,
                          log=lambda message: print(f"PROGRESS {message}", flush=True))
     with open(args.out, "w", encoding="utf-8") as f:
@@ -248,15 +245,19 @@ def _fmt(stats) -> str:
 
 
 def prepare(ctx) -> None:
-    """Start the child process at the beginning of the demo: it does its slow imports
-    (TensorFlow, tf-keras, TF-Agents; about 20 s) while the other chapters run, then waits."""
+    """Start the child process at the beginning of the demo: its experiment (imports of
+    TensorFlow, tf-keras and TF-Agents, then the DQN trainings) runs on the second core while
+    chapters 1-4 run in this process; :func:`run` collects its results. Its stderr goes to a
+    temporary file (a pipe nobody reads until the end could fill up and block it)."""
     command = [sys.executable, "-m", "keras_secure.demo.ch5_rl", "--out",
-               ctx.path("ch5_rl_results.json"), "--seed", str(ctx.seed), "--wait"]
+               ctx.path("ch5_rl_results.json"), "--seed", str(ctx.seed)]
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1",
            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
+    ctx.ch5_stderr = tempfile.TemporaryFile("w+", encoding="utf-8")
     ctx.ch5_child = subprocess.Popen(command + (["--quick"] if ctx.quick else []),
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=env)
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=ctx.ch5_stderr, text=True, env=env)
+    ctx.ch5_started = time.perf_counter()
     ctx.children.append(ctx.ch5_child)
 
 
@@ -265,17 +266,16 @@ def run(ctx) -> None:
     if getattr(ctx, "ch5_child", None) is None:
         prepare(ctx)
     child, ctx.ch5_child = ctx.ch5_child, None
-    ctx.log("running the TF-Agents experiment (child process with TF_USE_LEGACY_KERAS=1)")
-    try:
-        child.stdin.write("go\n")
-        child.stdin.close()
-    except BrokenPipeError:  # the child died during its imports; its stderr says why
-        pass
+    ctx.log("the TF-Agents experiment (child process with TF_USE_LEGACY_KERAS=1) has been "
+            f"running for {time.perf_counter() - ctx.ch5_started:.0f} s; its progress:")
     for line in child.stdout:
         if line.startswith("PROGRESS "):
-            ctx.log(line[len("PROGRESS "):].rstrip())
-    stderr = child.stderr.read()
-    if child.wait() != 0:
+            ctx.log("  " + line[len("PROGRESS "):].rstrip())
+    code = child.wait()
+    ctx.ch5_stderr.seek(0)
+    stderr = ctx.ch5_stderr.read()
+    ctx.ch5_stderr.close()
+    if code != 0:
         raise RuntimeError(f"Chapter 5's TF-Agents experiment failed:\n{stderr[-3000:]}")
     with open(out, encoding="utf-8") as f:
         results = json.load(f)
