@@ -38,8 +38,8 @@ from keras_secure.rl import AdversarialObservation  # noqa: E402
 from keras_secure.rl.robust import (  # noqa: E402
     SAPPOAgent,
     adversarial_collection_env,
+    agent_scores,
     categorical_projection_net,
-    network_scores,
 )
 from keras_secure.rl.tf_agents import (  # noqa: E402
     PolicyDeviationMetric,
@@ -74,12 +74,12 @@ def make_agent(kind: str, seed: int = 0):
     else:
         agent = ppo_clip_agent.PPOClipAgent(time_step_spec, action_spec, **kwargs)
     agent.initialize()
-    return agent, actor
+    return agent
 
 
-def collection_env(kind: str, actor, seed: int = 0):
-    if kind == "PPO + adversarial collection":
-        return adversarial_collection_env(gym.make(ENV_ID), actor,
+def collection_env(kind: str, agent, seed: int = 0):
+    if kind == "PPO + adversarial collection":  # attacks what the live agent computes
+        return adversarial_collection_env(gym.make(ENV_ID), agent,
                                           attacks.PGD(EPS, steps=3, seed=seed), 0.5, seed=seed)
     return to_tf_agents(gym.make(ENV_ID), seed=seed)
 
@@ -106,16 +106,17 @@ def run_episodes(py_env, policy, observers, episodes: int):
 
 rows = []
 for kind in ("PPO", "PPO + adversarial collection", "SA-PPO"):
-    agent, actor = make_agent(kind)
-    train(agent, collection_env(kind, actor), args.iterations)
+    agent = make_agent(kind)
+    train(agent, collection_env(kind, agent), args.iterations)
+    scores = agent_scores(agent)  # the actor's logits, after the agent's normalizer if any
     pgd = attacks.PGD(EPS, steps=5, loss="margin", seed=1)
     clean = tf_metrics.AverageReturnMetric(buffer_size=args.episodes)
-    deviation = PolicyDeviationMetric(actor, pgd)
+    deviation = PolicyDeviationMetric(scores, pgd)
     run_episodes(to_tf_agents(gym.make(ENV_ID), seed=100), agent.policy, [clean, deviation],
                  args.episodes)
     clean_return = float(clean.result())
     retention = RewardRetentionMetric(clean_return, buffer_size=args.episodes)
-    attacked = AdversarialObservation(gym.make(ENV_ID), network_scores(actor), pgd)
+    attacked = AdversarialObservation(gym.make(ENV_ID), scores, pgd)
     run_episodes(to_tf_agents(attacked, seed=100), agent.policy, [retention], args.episodes)
     rows.append((kind, clean_return, float(retention.result()) * clean_return,
                  float(retention.result()), float(deviation.result())))

@@ -113,8 +113,8 @@ SA_PPO = """
     from keras_secure import attacks
     from keras_secure.rl import evaluate_policy
     from keras_secure.rl.robust import (CategoricalProjectionNetwork, SAPPOAgent,
-                                        adversarial_collection_env, categorical_projection_net,
-                                        network_scores)
+                                        adversarial_collection_env, agent_scores,
+                                        categorical_projection_net, network_scores)
     from keras_secure.rl.tf_agents import to_tf_agents
     from keras_secure.training import kl_adversary, kl_divergence
 
@@ -167,24 +167,10 @@ SA_PPO = """
     scores = network_scores(actor)
     np.testing.assert_allclose(scores(tf.constant(obs)).numpy(), obs @ w + b, atol=1e-5)
 
-    # 3. the KL adversary on a linear 2-action actor: the logit gap is linear in the state and
-    #    KL(p || q) convex in it, so sign ascent ends at a corner s +- eps * sign(w1 - w0)
-    eps = 0.05
-    adv = kl_adversary(scores, tf.constant(obs), eps, 5, 2.5 * eps / 5,
-                       seed_generator=keras.random.SeedGenerator(0)).numpy()
-    direction = np.sign(w[:, 1] - w[:, 0])
-    side = np.sign((adv - obs) @ direction)
-    np.testing.assert_allclose(adv - obs, eps * side[:, None] * direction, atol=1e-6)
-
-    def kl_at(points):
-        logp = tf.nn.log_softmax(obs @ w + b)
-        return kl_divergence(logp, tf.nn.log_softmax(points @ w + b)).numpy()
-
-    chosen = kl_at(adv)
-    corners = [kl_at(obs + s * eps * direction) for s in (1.0, -1.0)]
-    assert (chosen > 0).all() and (chosen <= np.maximum(*corners) + 1e-6).all()
-
-    # 4. SA-PPO's loss is PPOClipAgent's loss + weight * mean KL at those points
+    # 3. SA-PPO on the linear 2-action actor, behind PPO's observation normalizer fitted to
+    #    shifted, scaled data: agent_scores computes what the policy does. The logit gap stays
+    #    linear in the raw state and KL(p || q) is convex in it, so the KL adversary's sign
+    #    ascent ends at a corner s +- eps * sign(w1 - w0) of the raw-unit ball
     def agent(cls, **kw):
         kw = {"num_epochs": 2, **kw}
         a = cls(ts_spec, act_spec, optimizer=tf.keras.optimizers.Adam(1e-3), actor_net=actor,
@@ -192,12 +178,37 @@ SA_PPO = """
         a.initialize()
         return a
 
+    eps = 0.05
     sa = agent(SAPPOAgent, sa_eps=eps, sa_weight=0.5, sa_steps=5, seed=0)
     plain = agent(ppo_clip_agent.PPOClipAgent)
+    fit = tf.constant(rng.normal(0.2, 0.5, (1, 256, 4)), tf.float32)
+    for a in (sa, plain):
+        a.update_observation_normalizer(fit)
+    scores = agent_scores(sa)
     n = len(obs)
     time_steps = ts_spec._replace(
         step_type=tf.ones([n], tf.int32), reward=tf.zeros([n]), discount=tf.ones([n]),
         observation=tf.constant(obs))
+    policy_logits = sa.collect_policy.distribution(time_steps).action.logits_parameter()
+    np.testing.assert_allclose(scores(tf.constant(obs)).numpy(), policy_logits.numpy(),
+                               atol=1e-5)
+    assert not np.allclose(policy_logits.numpy(), obs @ w + b, atol=0.05)  # it normalizes
+
+    adv = kl_adversary(scores, tf.constant(obs), eps, 5, 2.5 * eps / 5,
+                       seed_generator=keras.random.SeedGenerator(0)).numpy()
+    direction = np.sign(w[:, 1] - w[:, 0])
+    side = np.sign((adv - obs) @ direction)
+    np.testing.assert_allclose(adv - obs, eps * side[:, None] * direction, atol=1e-6)
+
+    def kl_at(points):
+        logp = tf.nn.log_softmax(scores(tf.constant(obs)))
+        return kl_divergence(logp, tf.nn.log_softmax(scores(tf.constant(points)))).numpy()
+
+    chosen = kl_at(adv)
+    corners = [kl_at(obs + s * eps * direction) for s in (1.0, -1.0)]
+    assert (chosen > 0).all() and (chosen <= np.maximum(*corners) + 1e-6).all()
+
+    # 4. SA-PPO's loss is PPOClipAgent's loss + weight * mean KL at those points
     args = (time_steps, tf.constant(rng.integers(0, 2, n)), tf.constant(np.log([0.5] * n),
             tf.float32), tf.constant(rng.normal(size=n), tf.float32),
             tf.constant(rng.normal(size=n), tf.float32), {"logits": tf.zeros([n, 2])},
@@ -206,6 +217,7 @@ SA_PPO = """
     plain_loss = float(plain.get_loss(*args).loss)
     expected = 0.5 * chosen.mean()
     assert abs(sa_loss - plain_loss - expected) < 1e-5, (sa_loss, plain_loss, expected)
+    raises(TypeError, "DqnAgent or PPOAgent", agent_scores, actor)
     raises(ValueError, "sa_eps", SAPPOAgent, ts_spec, act_spec, sa_eps=0.0, actor_net=actor,
            value_net=value, optimizer=tf.keras.optimizers.Adam())
     raises(ValueError, "sa_norm", SAPPOAgent, ts_spec, act_spec, sa_eps=0.1, sa_norm="l1",
@@ -243,7 +255,7 @@ SA_PPO = """
     act_spec = tensor_spec.from_spec(acrobot.action_spec())
     actor, value = nets((32,))
     sa = agent(SAPPOAgent, sa_eps=0.05, seed=0)
-    collect = adversarial_collection_env(gym.make("Acrobot-v1"), actor,
+    collect = adversarial_collection_env(gym.make("Acrobot-v1"), sa,
                                          attacks.PGD(0.05, steps=2, seed=0), 0.5, seed=0)
     utils.validate_py_environment(collect, episodes=1)
     train(sa, collect, iterations=2, episodes=1)

@@ -41,7 +41,7 @@ def _make_agent(py_env, seed: int, sa_eps: float | None, settings: dict):
 
     from keras_secure.rl.robust import SADqnAgent
 
-    tf.keras.utils.set_random_seed(seed)  # Python, NumPy, TF: tf-keras initializers use Python random
+    tf.keras.utils.set_random_seed(seed)  # Python, NumPy, TF (tf-keras initializers: Python's)
     time_step_spec = tensor_spec.from_spec(py_env.time_step_spec())
     action_spec = tensor_spec.from_spec(py_env.action_spec())
     net = q_network.QNetwork(time_step_spec.observation, action_spec, fc_layer_params=(64, 64))

@@ -29,6 +29,8 @@ module without it raises an ``ImportError`` that says so; keras_secure never set
 
 from __future__ import annotations
 
+from typing import Callable
+
 import gymnasium as gym
 import tensorflow as tf
 
@@ -65,7 +67,7 @@ import numpy as np  # noqa: E402
 import tensorflow_probability as tfp  # noqa: E402
 from tf_agents.agents import tf_agent  # noqa: E402
 from tf_agents.agents.dqn import dqn_agent  # noqa: E402
-from tf_agents.agents.ppo import ppo_clip_agent  # noqa: E402
+from tf_agents.agents.ppo import ppo_agent, ppo_clip_agent  # noqa: E402
 from tf_agents.networks import network  # noqa: E402
 from tf_agents.networks import utils as network_utils  # noqa: E402
 from tf_agents.specs import distribution_spec, tensor_spec  # noqa: E402
@@ -154,6 +156,39 @@ class SADqnAgent(dqn_agent.DqnAgent):
         return tf_agent.LossInfo(info.loss + self.sa_weight * regularizer, info.extra)
 
 
+def agent_scores(agent) -> Callable[[tf.Tensor], tf.Tensor]:
+    """``observations -> the action scores a TF-Agents agent acts on``, in raw observation
+    units: a ``DqnAgent``'s Q-values, or a ``PPOAgent``'s actor logits after the agent's own
+    observation normalizer (``normalize_observations=True``, PPO's default). Attacking the bare
+    actor network of such an agent would attack a function the agent does not use.
+
+    Args:
+        agent: a ``DqnAgent`` (or subclass) or ``PPOAgent`` (or subclass) with a categorical,
+            feed-forward actor.
+
+    Returns:
+        A callable for keras_secure's attacks, ``AdversarialObservation`` and the metrics.
+
+    Raises:
+        TypeError: for other agents.
+
+    Example:
+        >>> env = AdversarialObservation(gym_env, agent_scores(ppo), ks.attacks.PGD(0.1))
+    """
+    if isinstance(agent, dqn_agent.DqnAgent):
+        return network_scores(agent._q_network)
+    if isinstance(agent, ppo_agent.PPOAgent):
+        return network_scores(agent.actor_net, agent._observation_normalizer)
+    raise TypeError("`agent` must be a TF-Agents DqnAgent or PPOAgent. "
+                    f"Received: {type(agent).__name__}")
+
+
+def _scores_of(network_or_agent):
+    if isinstance(network_or_agent, tf_agent.TFAgent):
+        return agent_scores(network_or_agent)
+    return network_scores(network_or_agent)
+
+
 def adversarial_collection_env(env: gym.Env, network, attack, probability: float = 0.5,
                                seed: int | None = None):
     """A TF-Agents ``PyEnvironment`` for collecting experience under observations perturbed
@@ -165,7 +200,9 @@ def adversarial_collection_env(env: gym.Env, network, attack, probability: float
 
     Args:
         env: a gymnasium environment (Box observations, Discrete actions).
-        network: the agent's TF-Agents network (``QNetwork`` or categorical actor network).
+        network: the agent (``DqnAgent`` / ``PPOAgent``: see :func:`agent_scores`, which also
+            applies a PPO agent's observation normalizer) or its TF-Agents network
+            (``QNetwork`` or categorical actor network).
         attack: an untargeted keras_secure attack, e.g. ``PGD(0.05, steps=5)``.
         probability: per-step probability of attacking, in [0, 1]. Defaults to 0.5 (mixed).
         seed: seed of the first reset (and of the attack schedule). Defaults to None.
@@ -177,10 +214,10 @@ def adversarial_collection_env(env: gym.Env, network, attack, probability: float
         ValueError / TypeError: as :class:`~keras_secure.rl.AdversarialObservation`.
 
     Example:
-        >>> py_env = adversarial_collection_env(gym.make("CartPole-v1"), agent._q_network,
+        >>> py_env = adversarial_collection_env(gym.make("CartPole-v1"), agent,
         ...                                     ks.attacks.PGD(0.05, steps=5), 0.5, seed=0)
     """
-    return to_tf_agents(AdversarialObservation(env, network_scores(network), attack,
+    return to_tf_agents(AdversarialObservation(env, _scores_of(network), attack,
                                                probability=probability), seed=seed)
 
 
@@ -303,8 +340,10 @@ class SAPPOAgent(ppo_clip_agent.PPOClipAgent):
     al. 2020, PGD solver).
 
     For each state ``s`` of a training minibatch, ``s_adv`` in the ``sa_norm`` ball of radius
-    ``sa_eps`` maximizes ``KL(pi(.|s) || pi(.|s_adv))`` (``sa_steps`` steps of projected
-    ascent from a tiny random start, :func:`keras_secure.training.kl_adversary`); the loss adds
+    ``sa_eps`` (raw observation units; the agent's observation normalizer, if any, is applied
+    after the perturbation, as in the policy) maximizes ``KL(pi(.|s) || pi(.|s_adv))``
+    (``sa_steps`` steps of projected ascent from a tiny random start,
+    :func:`keras_secure.training.kl_adversary`); the loss adds
     ``sa_weight * mean(weights * KL)``, so the policy's action distribution stays stable inside
     the ball. Gradients flow through both ``pi(s)`` and ``pi(s_adv)``, as in the paper. The
     regularizer is logged as ``Losses/sa_regularizer``. Categorical (discrete-action) actors
@@ -357,7 +396,9 @@ class SAPPOAgent(ppo_clip_agent.PPOClipAgent):
         """``mean(weights * KL(pi(s) || pi(s_adv)))`` for a batch of observations."""
         observations = tf.cast(observations, tf.float32)
 
-        def logits(obs):
+        def logits(obs):  # what the policy computes: the agent's normalizer, then the actor
+            if self._observation_normalizer is not None:
+                obs = self._observation_normalizer.normalize(obs)
             return self._actor_net(obs, step_type=None, network_state=(),
                                    training=training)[0].logits_parameter()
 

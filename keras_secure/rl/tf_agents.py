@@ -235,13 +235,18 @@ class KerasSecureWrapper(wrappers.PyEnvironmentBaseWrapper):
         return self._adapter.step(action)
 
 
-def network_scores(network) -> Callable[[tf.Tensor], tf.Tensor]:
+def network_scores(network, observation_normalizer=None) -> Callable[[tf.Tensor], tf.Tensor]:
     """``observations -> action scores`` for a TF-Agents network: Q-values of a ``QNetwork``,
     or the logits of an actor network's categorical distribution (PPO, REINFORCE).
 
     Args:
         network: a feed-forward TF-Agents ``Network``, called as
             ``network(observations, step_type=None, network_state=())``.
+        observation_normalizer: a TF-Agents ``TensorNormalizer`` applied to the observations
+            before the network, as a PPO agent with ``normalize_observations=True`` does, or
+            None. Gradients flow through it, so attacks stay in raw observation units.
+            :func:`keras_secure.rl.robust.agent_scores` picks it from the agent. Defaults to
+            None.
 
     Returns:
         A callable mapping a float batch of observations to ``(batch, n_actions)`` scores, for
@@ -258,6 +263,8 @@ def network_scores(network) -> Callable[[tf.Tensor], tf.Tensor]:
         raise TypeError(f"`network` must be a TF-Agents network. Received: {network!r}")
 
     def scores(observations):
+        if observation_normalizer is not None:
+            observations = observation_normalizer.normalize(observations)
         out, _ = network(observations, step_type=None, network_state=(), training=False)
         if hasattr(out, "logits_parameter"):
             return out.logits_parameter()
