@@ -312,8 +312,6 @@ class AdversarialObservation(_OwnRandom, gym.ObservationWrapper, RecordConstruct
     _salt = 0xAD0
 
     def __init__(self, env: gym.Env, policy_fn: Callable, attack, probability: float = 1.0):
-        from keras_secure.attacks.base import Attack
-
         # Models and attacks hold TensorFlow state that cannot be deep-copied: recorded as they are.
         RecordConstructorArgs.__init__(self, policy_fn=policy_fn, attack=attack,
                                        probability=probability, _disable_deepcopy=True)
@@ -325,9 +323,7 @@ class AdversarialObservation(_OwnRandom, gym.ObservationWrapper, RecordConstruct
         if not isinstance(env.action_space, gym.spaces.Discrete):
             raise ValueError("`env` must have a Discrete action space for AdversarialObservation. "
                              f"Received: action_space={env.action_space}")
-        if not isinstance(attack, Attack) or attack.targeted:
-            raise TypeError("`attack` must be an untargeted keras_secure attack. "
-                            f"Received: attack={attack!r}")
+        check_untargeted_attack(attack)
         self.probability = _check_probability("probability", probability)
         _check_policy(env, policy_fn)
         self.policy_fn, self.attack = policy_fn, attack
@@ -351,6 +347,17 @@ class AdversarialObservation(_OwnRandom, gym.ObservationWrapper, RecordConstruct
                                  f"[{x.min():g}, {x.max():g}]")
         x_adv = self._perturb(x).numpy()[0]
         return np.clip(x_adv, space.low, space.high).astype(space.dtype)
+
+
+def check_untargeted_attack(attack, name: str = "attack"):
+    """Raise a ``TypeError`` naming ``name`` unless ``attack`` is an untargeted keras_secure
+    attack (observation attacks push away from the greedy action; they have no targets)."""
+    from keras_secure.attacks.base import Attack
+
+    if not isinstance(attack, Attack) or attack.targeted:
+        raise TypeError(f"`{name}` must be an untargeted keras_secure attack. "
+                        f"Received: {name}={attack!r}")
+    return attack
 
 
 def _single_observation_attack(policy_fn, attack, space):
