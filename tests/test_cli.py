@@ -86,5 +86,5 @@ def test_quick_demo_writes_a_report(tmp_path, capsys):
     assert [r["attack"].split(" (")[0] for r in rl["table3"]] == [
         "none", "random state noise", "adversarial states", "reward manipulation"]
     assert all(r["mean"] >= 8 and 0 <= r["retention"] for r in rl["table3"])
-    assert len(rl["table4"]) == 3 and all(r["restoration"] >= 0 for r in rl["table4"])
+    assert len(rl["table4"]) == 4 and all(r["restoration"] >= 0 for r in rl["table4"])
     assert "Table 3 - attacks on a DQN CartPole agent" in report
