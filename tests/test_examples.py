@@ -9,7 +9,8 @@ import pytest
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.py"))
 # what each script prints when it completes, and its smoke-run arguments (tiny budgets)
-EXPECTED = {"robust_ppo.py": ("| SA-PPO |", ["--iterations", "1", "--episodes", "1"])}
+EXPECTED = {"robust_ppo.py": ("| SA-PPO |", ["--iterations", "1", "--episodes", "1"]),
+            "rl_wrappers.py": ("tampered + RewardGuard: 100.0%", ["--episodes", "2"])}
 
 
 SLOW = {"robust_ppo.py"}  # three PPO agents in a tf-keras process: ~50 s even with tiny budgets
