@@ -323,7 +323,8 @@ class PolicyDeviationMetric(tf_metric.TFStepMetric):
 
     Args:
         scores: a TF-Agents network (Q-network or categorical actor), or a callable mapping a
-            float batch of observations to ``(batch, n_actions)`` scores.
+            float batch of observations to ``(batch, n_actions)`` scores. For a PPO agent that
+            normalizes observations, pass ``keras_secure.rl.robust.agent_scores(agent)``.
         attack: an untargeted keras_secure attack, e.g. ``PGD(0.05, steps=5)``.
         name, prefix: as TF-Agents metrics.
 
