@@ -334,6 +334,41 @@ def test_reward_guard_repairs_tampered_rewards():
         rl.RewardGuard(Walk(), window=2)
 
 
+class Scripted(gym.Wrapper):
+    """Replaces the reward of step i (1-based) by rewards[i], where given."""
+
+    def __init__(self, env, rewards):
+        super().__init__(env)
+        self.script, self.t = rewards, 0
+
+    def reset(self, **kwargs):
+        self.t = 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.t += 1
+        return obs, self.script.get(self.t, reward), terminated, truncated, info
+
+
+@pytest.mark.parametrize("reward_range", [None, (0.0, 1.0), (0.5, 2.0)])
+def test_reward_guard_repairs_non_finite_rewards(reward_range):
+    script = {1: float("nan"), 5: float("inf"), 6: float("-inf"), 7: float("nan")}
+    guard = rl.RewardGuard(Scripted(Walk(length=10), script), reward_range=reward_range)
+    rewards, infos = rollout(guard, seed=0)
+    # before any history: 0 clipped to the range; afterwards: the median of the true rewards (1)
+    first = 0.0 if reward_range is None else float(np.clip(0.0, *reward_range))
+    assert rewards == [first, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    assert [i["reward_repaired"] for i in infos] == [t in script for t in range(1, 11)]
+    # the detector's statistics never took in a non-finite value
+    assert all(np.isfinite(guard._stats.history))
+    # DynamicRewardShaping does not repair, but flags them and keeps its statistics clean
+    shaping = rl.DynamicRewardShaping(Scripted(Walk(length=10), script), potential=lambda s: 0.0)
+    _, infos = rollout(shaping, seed=0)
+    assert [i["reward_anomaly"] for i in infos] == [t in script for t in range(1, 11)]
+    assert all(np.isfinite(shaping._stats.history))
+
+
 def test_observation_denoising():
     from keras_secure.layers import BitDepthReduction
 

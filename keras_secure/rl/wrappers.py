@@ -481,8 +481,10 @@ class _RobustRewardStats:
         return self._median_and_mad()[0] if len(self._sorted) >= 3 else None
 
     def is_outlier(self, reward: float) -> bool:
-        """True if ``reward`` is more than ``threshold`` robust stds from the median (needs at
-        least 3 accepted rewards)."""
+        """True if ``reward`` is not finite, or more than ``threshold`` robust stds from the
+        median (needs at least 3 accepted rewards)."""
+        if not math.isfinite(reward):
+            return True
         if len(self._sorted) < 3:
             return False
         median, mad = self._median_and_mad()
@@ -504,8 +506,10 @@ class RewardGuard(gym.Wrapper, RecordConstructorArgs):
     A reward is flagged when it lies outside the known ``reward_range`` (if given), or when it
     deviates from the median of the last ``window`` accepted rewards by more than ``threshold``
     robust standard deviations (``1.4826 * MAD``, the median absolute deviation; floored at
-    ``min_scale``). A flagged reward is replaced by that running median (or clipped to
-    ``reward_range`` before enough history exists). ``info["reward_repaired"]`` marks repairs.
+    ``min_scale``), or when it is not finite (NaN or inf). A flagged reward is replaced by that
+    running median (before enough history exists: clipped to ``reward_range``, and a
+    non-finite reward becomes 0 clipped to ``reward_range``). ``info["reward_repaired"]``
+    marks repairs.
     The statistics persist across episodes.
 
     Args:
@@ -553,6 +557,9 @@ class RewardGuard(gym.Wrapper, RecordConstructorArgs):
         if self.guard_range is not None:
             flagged = not (self.guard_range[0] <= reward <= self.guard_range[1])
             repaired = float(np.clip(reward, *self.guard_range))
+        if not math.isfinite(reward):  # NaN / inf: tampered whatever the range says
+            flagged = True
+            repaired = 0.0 if self.guard_range is None else float(np.clip(0.0, *self.guard_range))
         median = self._stats.median()
         if median is not None and (flagged or self._stats.is_outlier(reward)):
             flagged, repaired = True, median
