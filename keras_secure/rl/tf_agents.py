@@ -25,7 +25,7 @@ from tf_agents.trajectories import time_step as ts
 from tf_agents.utils import common
 
 from keras_secure.attacks.base import check_number, logits_function
-from keras_secure.rl.wrappers import check_untargeted_attack
+from keras_secure.rl.wrappers import _check_untargeted_attack
 
 
 def _spec(space: gym.Space, name: str):
@@ -341,7 +341,7 @@ class PolicyDeviationMetric(tf_metric.TFStepMetric):
         if not callable(scores):
             raise TypeError("`scores` must be a TF-Agents network or a callable returning action "
                             f"scores. Received: scores={scores!r}")
-        check_untargeted_attack(attack)
+        _check_untargeted_attack(attack)
         super().__init__(name=name, prefix=prefix)
         if isinstance(scores, tf_agents_network.Network):
             scores = network_scores(scores)

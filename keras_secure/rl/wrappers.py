@@ -323,7 +323,7 @@ class AdversarialObservation(_OwnRandom, gym.ObservationWrapper, RecordConstruct
         if not isinstance(env.action_space, gym.spaces.Discrete):
             raise ValueError("`env` must have a Discrete action space for AdversarialObservation. "
                              f"Received: action_space={env.action_space}")
-        check_untargeted_attack(attack)
+        _check_untargeted_attack(attack)
         self.probability = _check_probability("probability", probability)
         _check_policy(env, policy_fn)
         self.policy_fn, self.attack = policy_fn, attack
@@ -349,7 +349,7 @@ class AdversarialObservation(_OwnRandom, gym.ObservationWrapper, RecordConstruct
         return np.clip(x_adv, space.low, space.high).astype(space.dtype)
 
 
-def check_untargeted_attack(attack, name: str = "attack"):
+def _check_untargeted_attack(attack, name: str = "attack"):
     """Raise a ``TypeError`` naming ``name`` unless ``attack`` is an untargeted keras_secure
     attack (observation attacks push away from the greedy action; they have no targets)."""
     from keras_secure.attacks.base import Attack
