@@ -72,7 +72,7 @@ from tf_agents.networks import network  # noqa: E402
 from tf_agents.networks import utils as network_utils  # noqa: E402
 from tf_agents.specs import distribution_spec, tensor_spec  # noqa: E402
 
-from keras_secure.attacks.base import check_choice, check_number  # noqa: E402
+from keras_secure.attacks.base import check_choice, check_number, margin  # noqa: E402
 from keras_secure.attacks.pgd import PGD  # noqa: E402
 from keras_secure.training.losses import kl_adversary, kl_divergence  # noqa: E402
 from keras_secure.rl.tf_agents import network_scores, to_tf_agents  # noqa: E402
@@ -136,11 +136,9 @@ class SADqnAgent(dqn_agent.DqnAgent):
 
         greedy = tf.stop_gradient(tf.argmax(scores(observations), axis=-1, output_type=tf.int32))
         adversarial = tf.stop_gradient(self._sa_attack.perturb(scores, observations, greedy))
+        # attacks.base.margin is Q(s_adv, a*) - max_{a != a*} Q(s_adv, a): the SA margin negated
         q = scores(adversarial, training=training)
-        mask = tf.cast(tf.one_hot(greedy, tf.shape(q)[-1]), tf.bool)
-        q_star = tf.reduce_sum(tf.where(mask, q, 0.0), axis=-1)
-        q_other = tf.reduce_max(tf.where(mask, tf.float32.min, q), axis=-1)
-        return tf.reduce_mean(tf.maximum(q_other - q_star, -self.sa_hinge))
+        return tf.reduce_mean(tf.maximum(-margin(q, greedy), -self.sa_hinge))
 
     def _loss(self, experience, td_errors_loss_fn=None, gamma=1.0, reward_scale_factor=1.0,
               weights=None, training=False):
