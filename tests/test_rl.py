@@ -542,3 +542,75 @@ def test_robust_reward_stats_equal_numpys_median_and_mad(window):
         probe = float(rng.normal(scale=3))
         scale = max(1.4826 * mad, 1e-3)
         assert stats.is_outlier(probe) == (abs(probe - median) > 2.0 * scale)
+
+
+class Pixels(gym.Env):
+    """A constant uint8 'image' observation (values 1..254, away from the bounds 0 and 255)."""
+
+    IMAGE = np.arange(1, 17, dtype=np.uint8).reshape(4, 4, 1) * 15
+
+    def __init__(self, length=5000):
+        self.observation_space = gym.spaces.Box(0, 255, (4, 4, 1), np.uint8)
+        self.action_space = gym.spaces.Discrete(2)
+        self.length = length
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.IMAGE.copy(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self.IMAGE.copy(), 0.0, self.t >= self.length, False, {}
+
+
+@pytest.mark.parametrize("kind, eps", [("linf", 2.0), ("gaussian", 1.5), ("l2", 6.0)])
+def test_observation_noise_on_integer_images_is_unbiased(kind, eps):
+    # Zero-mean noise on an integer space must stay zero-mean: rounding to the nearest integer
+    # keeps it so (the noise is symmetric), a plain cast truncates toward zero and shifts every
+    # pixel by about -0.5 on average.
+    n = 3000
+    env = rl.ObservationNoise(Pixels(n), eps=eps, kind=kind)
+    env.reset(seed=0)
+    obs = np.array([env.step(0)[0] for _ in range(n)])
+    assert obs.dtype == np.uint8 and env.observation_space.contains(obs[0])
+    deviation = obs.astype(np.float64) - Pixels.IMAGE
+    # per pixel: the std of the rounded noise is at most sqrt(var(noise) + 1/12); the mean over
+    # n draws then has standard error below that / sqrt(n) - allow 4.5 of them, per pixel.
+    if kind == "linf":
+        var = eps ** 2 / 3
+    elif kind == "gaussian":
+        var = eps ** 2
+    else:  # uniform in the 16-d L2 ball: E[r^2] = eps^2 d / (d + 2), spread over d coordinates
+        var = eps ** 2 / (16 + 2)
+    se = np.sqrt(var + 1 / 12) / np.sqrt(n)
+    assert np.abs(deviation.mean(axis=0)).max() < 4.5 * se, deviation.mean(axis=0).ravel()
+    assert deviation.std() > 0.5  # the noise does change the pixels
+    # the grand mean over all 16 pixels: a bias of 0.5 would be > 60 standard errors
+    assert abs(deviation.mean()) < 4.5 * se / 4
+
+
+def test_integer_observations_are_rounded_by_attack_and_denoising_wrappers():
+    import keras
+
+    from keras_secure import attacks
+
+    # z = [2041, sum of pixels = 2040]: greedy action 0 with margin 1, pushed away by raising
+    # every pixel; FGSM moves each pixel by exactly +0.6, which rounds to +1 (truncation would
+    # keep the pixel unchanged)
+    policy = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),
+                               keras.layers.Dense(2)])
+    w = np.zeros((16, 2), np.float32)
+    w[:, 1] = 1.0
+    policy.layers[-1].set_weights([w, np.array([2041.0, 0.0], np.float32)])  # greedy: 0
+    env = rl.AdversarialObservation(Pixels(), policy, attacks.FGSM(0.6))
+    env.reset(seed=0)
+    obs = env.step(0)[0]
+    assert obs.dtype == np.uint8
+    np.testing.assert_array_equal(obs, Pixels.IMAGE + 1)
+    shift = rl.ObservationDenoising(Pixels(), lambda x: x - 0.7)
+    shift.reset(seed=0)
+    np.testing.assert_array_equal(shift.step(0)[0], Pixels.IMAGE - 1)  # not IMAGE - 0.7 -> -1
+    clip = rl.ObservationDenoising(Pixels(), lambda x: x * 100.0)
+    clip.reset(seed=0)
+    np.testing.assert_array_equal(clip.step(0)[0], 255)  # clipped to the bounds, not wrapped

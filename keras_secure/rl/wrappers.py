@@ -47,6 +47,16 @@ def _check_probability(name, value):
     return check_number(name, value, low=0.0, high=1.0)
 
 
+def _into_space(values, space: gym.spaces.Box) -> np.ndarray:
+    """``values`` (floats) as an observation of ``space``: rounded to the nearest integer for
+    an integer ``dtype`` (a plain cast truncates toward zero, which biases zero-mean noise by
+    about -0.5), clipped to the space's bounds and cast to its ``dtype``."""
+    values = np.asarray(values, dtype=np.float64)
+    if np.issubdtype(space.dtype, np.integer):
+        values = np.rint(values)
+    return np.clip(values, space.low, space.high).astype(space.dtype)
+
+
 class RewardTampering(_OwnRandom, gym.Wrapper, RecordConstructorArgs):
     """Reward-manipulation attack: the agent receives tampered rewards (seed Table 3).
 
@@ -136,7 +146,9 @@ class ObservationNoise(_OwnRandom, gym.ObservationWrapper, RecordConstructorArgs
     With probability ``probability`` per step, adds noise to the observation: uniform in the
     L-inf ball of radius ``eps`` (``"linf"``), uniform in the L2 ball (``"l2"``) or Gaussian
     with std ``eps`` (``"gaussian"``); the result is clipped to the observation space's finite
-    bounds. Also a defence-side tool: training with it is noise injection.
+    bounds. On an integer space (e.g. a ``uint8`` image) the noisy observation is rounded to
+    the nearest integer, which keeps the noise unbiased (a plain cast would truncate toward
+    zero). Also a defence-side tool: training with it is noise injection.
 
     Args:
         env: an environment with a ``Box`` observation space.
@@ -185,9 +197,7 @@ class ObservationNoise(_OwnRandom, gym.ObservationWrapper, RecordConstructorArgs
             direction = self.rng.normal(size=obs.shape)
             direction /= max(np.linalg.norm(direction), 1e-12)
             noise = direction * self.eps * self.rng.random() ** (1.0 / max(obs.size, 1))
-        space = self.observation_space
-        out = np.clip(obs + noise, space.low, space.high)
-        return out.astype(space.dtype)
+        return _into_space(obs + noise, self.observation_space)
 
 
 def _check_potential(env, potential):
@@ -282,9 +292,9 @@ class AdversarialObservation(_OwnRandom, gym.ObservationWrapper, RecordConstruct
     is replaced by ``attack(policy_fn, obs, greedy_action)``: a keras_secure
     evasion attack (FGSM, PGD, ...) that pushes the network's scores away from the action it
     would take, inside the attack's ``eps`` ball (observation units), clipped to the space's
-    finite bounds. ``policy_fn`` maps a batch of observations to action logits or Q-values: a
-    Keras model, or a TF-Agents network via ``lambda obs: network(obs)[0]``. White-box: the
-    attacker knows the network.
+    finite bounds (and rounded to the nearest integer on an integer space). ``policy_fn`` maps
+    a batch of observations to action logits or Q-values: a Keras model, or a TF-Agents
+    network via ``lambda obs: network(obs)[0]``. White-box: the attacker knows the network.
 
     Args:
         env: an environment with a ``Box`` observation space and ``Discrete`` actions.
@@ -345,8 +355,7 @@ class AdversarialObservation(_OwnRandom, gym.ObservationWrapper, RecordConstruct
                 raise ValueError(f"The observation must lie in the attack's value_range="
                                  f"{self.attack.value_range}. Received values in "
                                  f"[{x.min():g}, {x.max():g}]")
-        x_adv = self._perturb(x).numpy()[0]
-        return np.clip(x_adv, space.low, space.high).astype(space.dtype)
+        return _into_space(self._perturb(x).numpy()[0], space)
 
 
 def _check_untargeted_attack(attack, name: str = "attack"):
@@ -576,7 +585,8 @@ class ObservationDenoising(gym.ObservationWrapper, RecordConstructorArgs):
     ``denoiser`` is a keras_secure denoising layer or any callable mapping a batch of
     observations to a batch of the same shape - e.g. ``BitDepthReduction`` with the
     observations' range, or a :class:`~keras_secure.layers.LearnedDenoiser` trained on noisy
-    observations. The result is clipped to the observation space.
+    observations. The result is clipped to the observation space (and rounded to the nearest
+    integer on an integer space).
 
     Args:
         env: an environment with a ``Box`` observation space.
@@ -609,9 +619,8 @@ class ObservationDenoising(gym.ObservationWrapper, RecordConstructorArgs):
         self.denoiser = denoiser
 
     def observation(self, observation):
-        space = self.observation_space
         out = np.asarray(self.denoiser(np.asarray(observation, np.float32)[np.newaxis]))[0]
-        return np.clip(out, space.low, space.high).astype(space.dtype)
+        return _into_space(out, self.observation_space)
 
 
 class DynamicRewardShaping(gym.Wrapper, RecordConstructorArgs):
