@@ -22,6 +22,8 @@ if _keras.backend.backend() != "tensorflow":  # pragma: no cover - exercised in 
         "~/.keras/keras.json)."
     )
 
+from keras_secure import classifier  # noqa: E402
+from keras_secure.classifier import Classifier  # noqa: E402
 from keras_secure import (  # noqa: E402
     attacks,
     callbacks,
@@ -34,5 +36,5 @@ from keras_secure import (  # noqa: E402
     training,
 )
 
-__all__ = ["attacks", "callbacks", "datasets", "evaluation", "layers", "models", "privacy", "rl",
-           "training", "__version__"]
+__all__ = ["Classifier", "attacks", "callbacks", "classifier", "datasets", "evaluation", "layers",
+           "models", "privacy", "rl", "training", "__version__"]

@@ -8,14 +8,22 @@ data, batches it and runs the subclass's loop in one cached ``tf.function``.
 
 from __future__ import annotations
 
+import functools
 import math
-import numbers
 import weakref
 from typing import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from keras_secure.classifier import as_classifier
+from keras_secure.validation import (  # noqa: F401  (re-exported)
+    check_bool,
+    check_choice,
+    check_number,
+    check_value_range,
+)
 
 NORMS = ("linf", "l2")
 _CONVERTED: dict = {}  # attack class -> its AutoGraph-converted _perturb
@@ -24,61 +32,8 @@ _TINY = 1e-12
 
 
 # --------------------------------------------------------------------------------------------
-# Argument validation (messages follow DESIGN.md section 5)
+# Argument validation: the shared helpers live in keras_secure.validation (re-exported here)
 # --------------------------------------------------------------------------------------------
-def check_number(
-    name: str,
-    value,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_inclusive: bool = True,
-    high_inclusive: bool = True,
-    integer: bool = False,
-    allow_none: bool = False,
-):
-    """Validate a scalar argument and return it as ``int``/``float``.
-
-    Raises ``TypeError`` for a non-number and ``ValueError`` for a number out of range, naming
-    the argument, the allowed range and the received value.
-    """
-    if value is None and allow_none:
-        return None
-    kind = "an integer" if integer else "a number"
-    ok_type = isinstance(value, numbers.Integral) if integer else isinstance(value, numbers.Real)
-    if isinstance(value, bool) or not ok_type:
-        raise TypeError(f"`{name}` must be {kind}. Received: {name}={value!r}")
-    value = int(value) if integer else float(value)
-    if not integer and not math.isfinite(value):
-        raise ValueError(f"`{name}` must be finite. Received: {name}={value!r}")
-    bounds = []
-    if low is not None:
-        bounds.append(f"{'>=' if low_inclusive else '>'} {low:g}")
-    if high is not None:
-        bounds.append(f"{'<=' if high_inclusive else '<'} {high:g}")
-    too_low = low is not None and (value < low if low_inclusive else value <= low)
-    too_high = high is not None and (value > high if high_inclusive else value >= high)
-    if too_low or too_high:
-        raise ValueError(
-            f"`{name}` must be {kind} {' and '.join(bounds)}. Received: {name}={value!r}"
-        )
-    return value
-
-
-def check_choice(name: str, value, choices) -> str:
-    """Validate that ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {tuple(choices)}. Received: {name}={value!r}")
-    return value
-
-
-def check_bool(name: str, value) -> bool:
-    """Validate a boolean flag."""
-    if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be a bool. Received: {name}={value!r}")
-    return value
-
-
 def check_loss(loss, targeted: bool, choices=LOSSES) -> str:
     """Validate an attack loss; DLR is untargeted only (targeted DLR needs the true labels as
     well as the targets, and attacks only receive the targets)."""
@@ -91,48 +46,22 @@ def check_loss(loss, targeted: bool, choices=LOSSES) -> str:
     return loss
 
 
-def check_value_range(value_range) -> tuple[float, float] | None:
-    """Validate ``value_range=(low, high)`` with ``low < high``; ``None`` passes through."""
-    if value_range is None:
-        return None
-    try:
-        low, high = value_range
-        low, high = float(low), float(high)
-    except (TypeError, ValueError):
-        raise TypeError(
-            "`value_range` must be a pair of numbers (low, high) or None. "
-            f"Received: value_range={value_range!r}"
-        ) from None
-    if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
-        raise ValueError(
-            "`value_range` must be finite with low < high. "
-            f"Received: value_range={value_range!r}"
-        )
-    return (low, high)
-
-
 # --------------------------------------------------------------------------------------------
-# Logits
+# Logits: read through the classifier contract (keras_secure.classifier), never by hand
 # --------------------------------------------------------------------------------------------
-def _is_softmax(fn) -> bool:
-    return getattr(fn, "__name__", None) == "softmax" or fn is keras.activations.softmax
-
-
 def logits_function(model) -> Callable[[tf.Tensor], tf.Tensor]:
-    """Return a function ``x -> logits`` for ``model``, recovering logits behind a softmax.
+    """Return a function ``x -> logits`` for ``model``: the classifier contract's adaptive path.
 
     Attacks work on logits: cross-entropy and margins computed from saturated probabilities have
-    vanishing gradients (gradient masking). For a Sequential or Functional model whose last layer
-    is a ``Softmax`` layer, an ``Activation("softmax")`` layer or a ``Dense`` layer with
-    ``activation="softmax"``, the returned function computes the pre-softmax logits with the
-    model's own (shared, live) weights. Any other layer with a softmax activation is refused.
-    Subclassed models and plain callables are used as they are and must return logits.
-    An object with an ``attack_logits(x)`` method (e.g.
-    :class:`keras_secure.layers.RandomizedSmoothing`) is attacked through that method.
-    A single-logit binary classifier ``(batch, 1)`` is turned into two-class logits ``[0, z]``.
+    vanishing gradients (gradient masking). The function is
+    :meth:`keras_secure.classifier.Classifier.logits`: logits are recovered behind a softmax or
+    a single sigmoid unit, a single-logit binary classifier gives two-class logits ``[0, z]``,
+    and keras_secure's randomized and non-differentiable layers anywhere inside the model are
+    attacked through their adaptive path (EOT, BPDA). See :class:`keras_secure.Classifier`.
 
     Args:
-        model: a ``keras.Model`` / layer or a callable mapping a batch of inputs to logits.
+        model: a Keras model / layer, a callable returning class scores, or a
+            :class:`keras_secure.Classifier` (to declare ``from_logits``).
 
     Returns:
         A callable mapping a float32 batch to float32 logits of shape ``(batch, classes)``.
@@ -144,73 +73,13 @@ def logits_function(model) -> Callable[[tf.Tensor], tf.Tensor]:
         >>> probs = keras.Sequential([logits_model, keras.layers.Softmax()])
         >>> logits = logits_function(probs)(x)   # == logits_model(x)
     """
-    if not callable(model):
-        raise TypeError(
-            "`model` must be a Keras model or a callable returning logits. "
-            f"Received: model={model!r}"
-        )
-    attack_logits = getattr(model, "attack_logits", None)
-    base = attack_logits if callable(attack_logits) else _strip_softmax(model)
-
-    def logits_fn(x):
-        z = base(x, training=False) if isinstance(base, keras.Layer) else base(x)
-        if isinstance(z, (list, tuple)):
-            raise TypeError(
-                "`model` must have a single output of logits; it returned "
-                f"{len(z)} outputs."
-            )
-        z = tf.cast(z, tf.float32)
-        if z.shape.rank != 2:
-            raise ValueError(
-                "`model` must return logits of shape (batch, num_classes). "
-                f"Received an output of shape {z.shape}."
-            )
-        if z.shape[-1] == 1:
-            z = tf.concat([tf.zeros_like(z), z], axis=-1)
-        return z
-
-    return logits_fn
+    return as_classifier(model).logits
 
 
 def ends_in_softmax(model) -> bool:
-    """True if ``model`` is a Sequential/Functional model whose output is a softmax that
-    :func:`logits_function` undoes (so its outputs are probabilities, not logits)."""
-    return _strip_softmax(model) is not model
-
-
-def _strip_softmax(model):
-    if not isinstance(model, keras.Model):
-        return model
-    try:  # Sequential and Functional models have symbolic inputs/outputs; subclasses do not
-        inputs, outputs = model.inputs, model.outputs
-    except (AttributeError, ValueError):
-        return model
-    if not inputs or not outputs or len(outputs) != 1:
-        return model
-    last = outputs[0]._keras_history[0]
-    activation = getattr(last, "activation", None)
-    is_softmax_layer = isinstance(last, keras.layers.Softmax) or (
-        isinstance(last, keras.layers.Activation) and _is_softmax(activation)
-    )
-    if is_softmax_layer:
-        return keras.Model(model.inputs, last.input, name=f"{model.name}_logits")
-    if activation is not None and _is_softmax(activation):
-        if type(last) is keras.layers.Dense:
-            features = keras.Model(model.inputs, last.input, name=f"{model.name}_features")
-
-            def dense_logits(x, training=False):
-                h = features(x, training=training)
-                z = tf.matmul(h, tf.convert_to_tensor(last.kernel))
-                return z + last.bias if last.use_bias else z
-
-            return dense_logits
-        raise TypeError(
-            f"`model` ends in layer {last.name!r} ({type(last).__name__}) with a softmax "
-            "activation that keras_secure cannot undo. Attacks need logits: build the model "
-            "with a linear last layer and apply softmax separately (e.g. a final "
-            "keras.layers.Softmax()), or pass a function returning logits."
-        )
-    return model
+    """True if the classifier contract reads ``model``'s outputs as probabilities (softmax or
+    one sigmoid unit) rather than logits."""
+    return as_classifier(model).kind in ("probabilities", "binary_probability")
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,6 +235,10 @@ def update_best(best, x_cur, values, logits, y, targeted):
             best_adv | adv)
 
 
+def _perturb_with(attack, clf, x, y):
+    return attack.perturb(clf.logits, x, y)
+
+
 # --------------------------------------------------------------------------------------------
 # The base class
 # --------------------------------------------------------------------------------------------
@@ -437,8 +310,7 @@ class Attack:
             raise ValueError(f"`eot_samples` is not supported by {type(self).__name__}. "
                              f"Received: eot_samples={eot_samples!r}")
         self._seed_generator = keras.random.SeedGenerator(self.seed)
-        self._compiled = weakref.WeakKeyDictionary()
-        self._compiled_by_id = {}
+        self._compiled = weakref.WeakKeyDictionary()  # Classifier -> traced attack
 
     # -- configuration --------------------------------------------------------------------
     def get_config(self) -> dict:
@@ -487,28 +359,29 @@ class Attack:
     def _perturb(self, logits_fn, x, y):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _compiled_for(self, model, logits_fn):
-        try:
-            fn = self._compiled.get(model)
-        except TypeError:  # not weak-referenceable
-            fn = self._compiled_by_id.get(id(model))
+    def _compiled_for(self, clf):
+        # One traced function per classifier (the contract caches one per model), with a
+        # relaxed batch dimension so that the last, smaller batch does not retrace. A partial
+        # (not a lambda): TensorFlow counts retracing per code object, and every attack's
+        # lambda would share one, so that each new attack's first trace was reported as
+        # "excessive retracing".
+        fn = self._compiled.get(clf)
         if fn is None:
-            fn = tf.function(lambda x, y: self.perturb(logits_fn, x, y), reduce_retracing=True)
-            try:
-                self._compiled[model] = fn
-            except TypeError:
-                self._compiled_by_id[id(model)] = fn
+            fn = tf.function(functools.partial(_perturb_with, self, clf), reduce_retracing=True)
+            self._compiled[clf] = fn
         return fn
 
     def __call__(self, model, x, y=None):
         """Attack ``x`` (labels ``y``) and return the adversarial inputs.
 
         Args:
-            model: a Keras model or callable returning logits (softmax outputs are undone where
-                possible, see :func:`logits_function`).
-            x: inputs, a NumPy array or tensor of shape ``(n, ...)``; float, or integer when
-                ``value_range`` is set. Values must lie in ``value_range``.
-            y: integer labels ``(n,)`` or one-hot ``(n, classes)``; targets when
+            model: a Keras model, a callable returning class scores, or a
+                :class:`keras_secure.Classifier`. Its outputs are read through the classifier
+                contract: logits, softmax, one sigmoid unit or one logit, and keras_secure's
+                randomized / non-differentiable layers attacked through their adaptive path.
+            x: inputs, a NumPy array or tensor of shape ``(n, ...)``, finite; float, or integer
+                when ``value_range`` is set. Values must lie in ``value_range``.
+            y: labels ``(n,)``, ``(n, 1)`` or one-hot ``(n, classes)``; targets when
                 ``targeted=True``. ``None`` (untargeted only) uses the model's predictions.
 
         Returns:
@@ -518,16 +391,13 @@ class Attack:
         Raises:
             TypeError: for integer inputs without ``value_range``, or a non-differentiable model
                 under a gradient attack.
-            ValueError: for mismatched batch sizes, labels out of range, inputs outside
-                ``value_range`` or of the wrong rank.
+            ValueError: for NaN / inf inputs, mismatched batch sizes, labels out of range,
+                inputs outside ``value_range`` or of the wrong shape.
         """
         return_numpy = not tf.is_tensor(x)
-        logits_fn = logits_function(model)
-        x = self._check_x(x)
-        probe = logits_fn(x[:1])
-        num_classes = int(probe.shape[-1])
-        y = self._check_y(y, x, num_classes, logits_fn)
-        fn = self._compiled_for(model, logits_fn)
+        clf = as_classifier(model)
+        x, y = self._check_data(clf, x, y)
+        fn = self._compiled_for(clf)
         n = int(x.shape[0])
         step = self.batch_size or n
         parts = [fn(x[i:i + step], y[i:i + step]) for i in range(0, n, step)]
@@ -535,26 +405,27 @@ class Attack:
         return out.numpy() if return_numpy else out
 
     # -- validation of call arguments -------------------------------------------------------
-    def _check_x(self, x) -> tf.Tensor:
-        x = tf.convert_to_tensor(x)
-        if not (x.dtype.is_floating or x.dtype.is_integer):
-            raise TypeError(f"`x` must hold numbers. Received: x.dtype={x.dtype.name}")
-        if x.dtype.is_integer and self.value_range is None:
+    def _check_x(self, x: tf.Tensor) -> tf.Tensor:
+        """Hook for an attack's own input checks, given the validated float32 batch."""
+        return x
+
+    def _check_data(self, clf, x, y):
+        """Validate ``x`` (contract: finite, model's input shape; plus the attack's value
+        range) and ``y`` (contract labels), and return ``(x float32, y int32)`` tensors."""
+        if y is None and self.targeted:
+            raise ValueError("`y` (the target classes) is required when targeted=True. "
+                             "Received: y=None")
+        arr, labels = clf.check(x, y)
+        if np.issubdtype(arr.dtype, np.integer) and self.value_range is None:
             raise TypeError(
                 "`x` has an integer dtype but the attack has no `value_range`: integer images "
                 "need value_range=(low, high) (e.g. (0, 255)) so the attack knows their scale. "
-                f"Received: x.dtype={x.dtype.name}, value_range=None"
+                f"Received: x.dtype={arr.dtype}, value_range=None"
             )
-        if x.shape.rank is None or x.shape.rank < 2:
-            raise ValueError(
-                f"`x` must be a batch of shape (n, ...) with rank >= 2. Received: x.shape={x.shape}"
-            )
-        if x.shape[0] == 0:
-            raise ValueError("`x` is empty. Received: x.shape=" + str(tuple(x.shape)))
-        x = tf.cast(x, tf.float32)
+        x = self._check_x(tf.convert_to_tensor(arr.astype(np.float32, copy=False)))
         if self.value_range is not None:
             low, high = self.value_range
-            lo, hi = float(tf.reduce_min(x)), float(tf.reduce_max(x))
+            lo, hi = float(arr.min()), float(arr.max())
             tol = 1e-6 * max(1.0, high - low)
             if lo < low - tol or hi > high + tol:
                 raise ValueError(
@@ -568,38 +439,6 @@ class Attack:
                         f"`eps` must be <= the L2 diameter of `value_range` for inputs of this "
                         f"size ({diameter:g}). Received: eps={self.eps!r}"
                     )
-        return x
-
-    def _check_y(self, y, x, num_classes, logits_fn) -> tf.Tensor:
-        n = int(x.shape[0])
-        if y is None:
-            if self.targeted:
-                raise ValueError("`y` (the target classes) is required when targeted=True. "
-                                 "Received: y=None")
-            return tf.concat(
-                [tf.argmax(logits_fn(x[i:i + 1024]), axis=-1, output_type=tf.int32)
-                 for i in range(0, n, 1024)], axis=0)
-        y = np.asarray(y)
-        if y.ndim == 2 and y.shape[1] == num_classes and num_classes > 1:
-            y = np.argmax(y, axis=1)
-        if y.ndim != 1:
-            raise ValueError(
-                "`y` must be integer labels of shape (n,) or one-hot labels of shape "
-                f"(n, {num_classes}). Received: y.shape={y.shape}"
-            )
-        if y.shape[0] != n:
-            raise ValueError(
-                f"`x` and `y` must have the same number of examples. Received: "
-                f"x.shape[0]={n}, y.shape[0]={y.shape[0]}"
-            )
-        if not np.issubdtype(y.dtype, np.integer):
-            if np.issubdtype(y.dtype, np.floating) and np.all(np.equal(np.mod(y, 1), 0)):
-                y = y.astype(np.int64)
-            else:
-                raise TypeError(f"`y` must hold integer class labels. Received: y.dtype={y.dtype}")
-        if y.min() < 0 or y.max() >= num_classes:
-            raise ValueError(
-                f"`y` must hold labels in [0, {num_classes - 1}] (the model has {num_classes} "
-                f"classes). Received: y with values in [{y.min()}, {y.max()}]"
-            )
-        return tf.constant(y, dtype=tf.int32)
+        if labels is None:
+            labels = clf.predict_labels(arr)
+        return x, tf.constant(labels, dtype=tf.int32)

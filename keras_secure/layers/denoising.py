@@ -16,7 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_secure.attacks.base import check_bool, check_choice, check_number, check_value_range
+from keras_secure.classifier import in_adaptive_path
+from keras_secure.validation import check_bool, check_choice, check_number, check_value_range
 
 GRADIENTS = ("bpda", "exact")
 
@@ -61,6 +62,24 @@ def _check_images(layer, input_shape, channels=None):
         )
 
 
+class _QuantizerMixin:
+    """The gradient of a piecewise-constant transform: ``gradient="bpda"`` or ``"exact"``, and
+    BPDA whenever keras_secure attacks the model (the classifier contract's adaptive path), so
+    that a model built with ``gradient="exact"`` cannot mask gradients from the evaluation."""
+
+    def _gradient_wrapper(self):
+        if self.gradient == "bpda" or in_adaptive_path():
+            return _straight_through
+        return _zero_gradient
+
+    def adaptive_note(self) -> str:
+        """How keras_secure's attacks differentiate this layer (shown in reports)."""
+        if self.gradient == "bpda":
+            return "BPDA (straight-through gradient)"
+        return ("BPDA (straight-through gradient, replacing gradient='exact', whose zero "
+                "gradient would mask the attack)")
+
+
 class _RangeMixin:
     """Optional in-graph check that inputs lie in ``value_range``."""
 
@@ -79,7 +98,7 @@ class _RangeMixin:
 
 
 @keras.saving.register_keras_serializable(package="keras_secure")
-class BitDepthReduction(_RangeMixin, keras.layers.Layer):
+class BitDepthReduction(_QuantizerMixin, _RangeMixin, keras.layers.Layer):
     """Feature squeezing by colour-bit-depth reduction (Xu, Evans & Qi 2018).
 
     Maps every value to the nearest of ``2 ** bits`` evenly spaced levels of ``value_range``:
@@ -140,9 +159,7 @@ class BitDepthReduction(_RangeMixin, keras.layers.Layer):
         return tf.round(t * levels) / levels * (high - low) + low
 
     def call(self, inputs, training=None):
-        x = self._checked(inputs)
-        wrap = _straight_through if self.gradient == "bpda" else _zero_gradient
-        return wrap(self._quantise, x)
+        return self._gradient_wrapper()(self._quantise, self._checked(inputs))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -223,6 +240,12 @@ class MedianSmoothing(keras.layers.Layer):
         if self.gradient == "bpda":
             return _straight_through(self._median, inputs)
         return self._median(inputs)
+
+    def adaptive_note(self) -> str:
+        """How keras_secure's attacks differentiate this layer (shown in reports)."""
+        if self.gradient == "bpda":
+            return "BPDA (straight-through gradient)"
+        return "exact gradient of the median (piecewise linear: it does not mask gradients)"
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -307,7 +330,7 @@ class GaussianSmoothing(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_secure")
-class JpegCompression(_RangeMixin, keras.layers.Layer):
+class JpegCompression(_QuantizerMixin, _RangeMixin, keras.layers.Layer):
     """JPEG re-encoding at ``quality`` (Dziugaite et al. 2016; Guo et al. 2018).
 
     Each image is scaled from ``value_range`` to 8-bit, JPEG-encoded and decoded with
@@ -371,9 +394,7 @@ class JpegCompression(_RangeMixin, keras.layers.Layer):
         return tf.cast(tf.reshape(out, tf.shape(x)) * (high - low) + low, x.dtype)
 
     def call(self, inputs, training=None):
-        x = self._checked(inputs)
-        wrap = _straight_through if self.gradient == "bpda" else _zero_gradient
-        return wrap(self._jpeg, x)
+        return self._gradient_wrapper()(self._jpeg, self._checked(inputs))
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -3,12 +3,15 @@ prediction with abstention, and certified L2 radii."""
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import numpy as np
 import tensorflow as tf
 from scipy import stats
 
-from keras_secure.attacks.base import check_choice, check_number
+from keras_secure.classifier import as_classifier, check_inputs, in_adaptive_path
+from keras_secure.validation import check_choice, check_number
 
 #: the class index that marks an abstention in predictions and certifications
 ABSTAIN = -1
@@ -74,6 +77,11 @@ class RandomizedSmoothing(keras.layers.Layer):
         Adversarially Trained Smoothed Classifiers", NeurIPS.
     """
 
+    #: read by the classifier contract: the inference output is class probabilities
+    output_kind = "probabilities"
+    #: the layer draws noise at inference (attacks need Expectation over Transformation)
+    randomized = True
+
     def __init__(self, base_classifier, sigma: float, num_samples: int = 100,
                  chunk_size: int = 100, vote: str = "hard", attack_samples: int = 8,
                  seed: int | None = None, **kwargs):
@@ -82,6 +90,9 @@ class RandomizedSmoothing(keras.layers.Layer):
             raise TypeError("`base_classifier` must be a Keras model or layer. "
                             f"Received: base_classifier={base_classifier!r}")
         self.base_classifier = base_classifier
+        # The base classifier's outputs (logits, softmax, one sigmoid unit...) are read
+        # through the classifier contract, never by hand.
+        self._base = as_classifier(base_classifier)
         self.sigma = check_number("sigma", sigma, low=0.0, low_inclusive=False)
         self.num_samples = check_number("num_samples", num_samples, low=1, integer=True)
         self.chunk_size = check_number("chunk_size", chunk_size, low=1, integer=True)
@@ -99,14 +110,21 @@ class RandomizedSmoothing(keras.layers.Layer):
 
     @property
     def num_classes(self) -> int:
+        """Number of classes of the base classifier (2 for a single-output binary one)."""
         shape = self.base_classifier.compute_output_shape((None, *self._input_shape()))
-        return int(shape[-1])
+        return max(2, int(shape[-1]))
 
     def _input_shape(self):
         return tuple(self.base_classifier.input_shape[1:])
 
     def compute_output_shape(self, input_shape):
-        return self.base_classifier.compute_output_shape(input_shape)
+        shape = self.base_classifier.compute_output_shape(input_shape)
+        return (*shape[:-1], max(2, int(shape[-1])))
+
+    def adaptive_note(self) -> str:
+        """How keras_secure's attacks differentiate this layer (shown in reports)."""
+        return (f"EOT: the soft smoothed classifier, mean softmax over {self.attack_samples} "
+                "noisy copies per forward pass (SmoothAdv), instead of the hard votes")
 
     def get_config(self):
         return {**super().get_config(),
@@ -140,11 +158,12 @@ class RandomizedSmoothing(keras.layers.Layer):
 
         def body(start, total):
             m = tf.minimum(chunk, num - start)
-            copies = tf.repeat(x, m, axis=0)
-            logits = tf.cast(self.base_classifier(self._noisy(copies), training=False),
-                             tf.float32)
-            votes = (tf.nn.softmax(logits) if soft else
-                     tf.one_hot(tf.argmax(logits, -1), k, dtype=tf.float32))
+            noisy = self._noisy(tf.repeat(x, m, axis=0))
+            if soft:
+                votes = tf.nn.softmax(self._base.logits(noisy))
+            else:
+                labels = self._base.labels_from_outputs(self._base.outputs(noisy))
+                votes = tf.one_hot(labels, k, dtype=tf.float32)
             return start + m, total + tf.reduce_sum(tf.reshape(votes, [n, m, k]), axis=1)
 
         _, total = tf.while_loop(
@@ -156,50 +175,65 @@ class RandomizedSmoothing(keras.layers.Layer):
     def call(self, inputs, training=None):
         if training:
             return self.base_classifier(self._noisy(inputs), training=True)
+        if in_adaptive_path():  # keras_secure is attacking the model: the soft estimate
+            return self._soft_estimate(inputs)
         total = self._sample(inputs, self.num_samples, self.chunk_size, self.vote == "soft")
         return total / float(self.num_samples)
 
+    def _soft_estimate(self, x):
+        n = tf.shape(x)[0]
+        copies = self._noisy(tf.repeat(x, self.attack_samples, axis=0))
+        probs = tf.nn.softmax(self._base.logits(copies))
+        return tf.reduce_mean(tf.reshape(probs, [n, self.attack_samples, -1]), axis=1)
+
     def attack_logits(self, x):
         """Log-probabilities of the soft smoothed classifier from ``attack_samples`` noisy
-        copies: a differentiable surrogate of ``g`` that attacks use (SmoothAdv)."""
-        n = tf.shape(x)[0]
-        copies = tf.repeat(x, self.attack_samples, axis=0)
-        probs = tf.nn.softmax(tf.cast(self.base_classifier(self._noisy(copies), training=False),
-                                      tf.float32))
-        mean = tf.reduce_mean(tf.reshape(probs, [n, self.attack_samples, -1]), axis=1)
-        return tf.math.log(mean + 1e-12)
+        copies: a differentiable surrogate of ``g`` that attacks use (SmoothAdv). It is the
+        layer's output on the classifier contract's adaptive path, so a model that contains
+        this layer is attacked through it too."""
+        return tf.math.log(self._soft_estimate(x) + 1e-12)
 
-    def sample_counts(self, x, num: int, batch_size: int = 1000) -> np.ndarray:
+    def sample_counts(self, x, num: int, batch_size: int = 1000, verbose=0) -> np.ndarray:
         """Class vote counts of ``num`` noisy copies per example, shape ``(n, classes)``.
 
+        Votes are the base classifier's predicted labels, read through the classifier contract
+        (arg-max, or Keras's thresholding for one sigmoid or logit unit).
+
         Args:
-            x: inputs ``(n, ...)``.
+            x: inputs ``(n, ...)``, finite.
             num: noisy copies per example, >= 1.
             batch_size: most noisy inputs per forward pass of the base classifier, >= 1.
                 Defaults to 1000.
+            verbose: 0 silent, 1 a ``keras.utils.Progbar`` over the examples. Defaults to 0.
 
         Returns:
             int64 counts; each row sums to ``num``.
 
         Raises:
-            ValueError / TypeError: for ``num`` or ``batch_size`` < 1.
+            ValueError / TypeError: for ``num`` or ``batch_size`` < 1, or ``x`` that is not a
+                finite batch.
         """
         num = check_number("num", num, low=1, integer=True)
         batch_size = check_number("batch_size", batch_size, low=1, integer=True)
-        x = tf.convert_to_tensor(np.asarray(x, np.float32))
+        x = tf.convert_to_tensor(check_inputs(x).astype(np.float32))
         if self._counts_fn is None:
-            self._counts_fn = tf.function(
-                lambda xs, k, c: self._sample(xs, k, c, False), reduce_retracing=True)
+            # a partial, not a lambda: TensorFlow counts retracing per code object
+            self._counts_fn = tf.function(functools.partial(self._sample, soft=False),
+                                          reduce_retracing=True)
         per_pass = min(num, batch_size)
         group = max(1, batch_size // per_pass)
+        n = int(x.shape[0])
+        bar = keras.utils.Progbar(n, verbose=verbose, unit_name="example") if verbose else None
         out = []
-        for i in range(0, int(x.shape[0]), group):
+        for i in range(0, n, group):
             counts = self._counts_fn(x[i:i + group], tf.constant(num), tf.constant(per_pass))
             out.append(np.rint(counts.numpy()).astype(np.int64))
+            if bar is not None:
+                bar.update(min(n, i + group))
         return np.concatenate(out)
 
     def predict_with_abstain(self, x, n: int = 100, alpha: float = 0.001,
-                             batch_size: int = 1000) -> np.ndarray:
+                             batch_size: int = 1000, verbose=0) -> np.ndarray:
         """Cohen et al.'s PREDICT: the top class if a two-sided binomial test says it beats the
         runner-up at level ``alpha``, else :data:`ABSTAIN`.
 
@@ -209,6 +243,7 @@ class RandomizedSmoothing(keras.layers.Layer):
             alpha: test level in (0, 1); the probability of returning a class other than
                 ``g(x)`` is at most ``alpha``. Defaults to 0.001.
             batch_size: most noisy inputs per forward pass. Defaults to 1000.
+            verbose: 0 silent, 1 a progress bar. Defaults to 0.
 
         Returns:
             int64 predictions, :data:`ABSTAIN` (-1) where the test is not significant.
@@ -222,7 +257,7 @@ class RandomizedSmoothing(keras.layers.Layer):
         n = check_number("n", n, low=1, integer=True)
         alpha = check_number("alpha", alpha, low=0.0, high=1.0, low_inclusive=False,
                              high_inclusive=False)
-        counts = self.sample_counts(x, n, batch_size)
+        counts = self.sample_counts(x, n, batch_size, verbose=verbose)
         order = np.argsort(-counts, axis=1, kind="stable")
         top, runner_up = order[:, 0], order[:, 1]
         rows = np.arange(len(counts))
@@ -232,7 +267,7 @@ class RandomizedSmoothing(keras.layers.Layer):
         return np.where(p_values <= alpha, top, ABSTAIN).astype(np.int64)
 
     def certify(self, x, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
-                batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+                batch_size: int = 1000, verbose=0) -> tuple[np.ndarray, np.ndarray]:
         """Cohen et al.'s CERTIFY: the smoothed prediction and a certified L2 radius.
 
         ``n0`` noisy copies select the top class ``cA``; ``n`` fresh copies count its votes
@@ -247,13 +282,17 @@ class RandomizedSmoothing(keras.layers.Layer):
             n: estimation samples per example, >= 1. Defaults to 100,000.
             alpha: failure probability in (0, 1). Defaults to 0.001.
             batch_size: most noisy inputs per forward pass. Defaults to 1000.
+            verbose: 0 silent, 1 a progress bar for the selection and for the estimation
+                samples (the default ``n`` takes minutes per thousand examples on a CPU).
+                Defaults to 0.
 
         Returns:
             ``(predictions, radii)``: int64 classes with :data:`ABSTAIN` (-1) marking
             abstentions, and float64 L2 radii (0 where abstaining).
 
         Raises:
-            ValueError / TypeError: for ``n0``/``n`` < 1 or ``alpha`` outside (0, 1).
+            ValueError / TypeError: for ``n0``/``n`` < 1, ``alpha`` outside (0, 1), or ``x``
+                that is not a finite batch (NaN or inf).
 
         Example:
             >>> predictions, radii = smoothed.certify(x_test, n0=100, n=10_000, alpha=0.001)
@@ -262,8 +301,8 @@ class RandomizedSmoothing(keras.layers.Layer):
         n = check_number("n", n, low=1, integer=True)
         alpha = check_number("alpha", alpha, low=0.0, high=1.0, low_inclusive=False,
                              high_inclusive=False)
-        selection = self.sample_counts(x, n0, batch_size).argmax(axis=1)
-        counts = self.sample_counts(x, n, batch_size)
+        selection = self.sample_counts(x, n0, batch_size, verbose=verbose).argmax(axis=1)
+        counts = self.sample_counts(x, n, batch_size, verbose=verbose)
         n_a = counts[np.arange(len(counts)), selection]
         p_lower = clopper_pearson_lower(n_a, n, alpha)
         certified = p_lower >= 0.5
