@@ -38,10 +38,52 @@ def test_report_numbers_are_consistent(cnn, eval_set):
     assert f.accuracy_drop == pytest.approx(f.clean_accuracy - f.adversarial_accuracy)
     assert f.success_rate == pytest.approx(f.accuracy_drop / f.clean_accuracy)
     assert f.mean_perturbation == pytest.approx(0.1, abs=1e-5)
+    # The worst case, recomputed per example: clean correct and correct under every attack of
+    # the threat model (all three are L-inf 0.1). Fresh attacks with the same seed, run on the
+    # same batches, give the same adversarial examples.
+    robust = predictions(cnn, x) == y
+    for attack in (A.FGSM(0.1, value_range=VALUE_RANGE),
+                   A.PGD(0.1, steps=10, value_range=VALUE_RANGE, seed=0)):
+        x_adv = np.concatenate([attack(cnn, x[i:i + 64], y[i:i + 64]) for i in range(0, 200, 64)])
+        robust &= predictions(cnn, x_adv) == y
     worst = report.worst_case
-    assert worst.adversarial_accuracy <= min(r.adversarial_accuracy for r in report.results)
-    assert worst.adversarial_accuracy >= 0.0 and worst.norm is None
+    assert worst is report.worst_case_for("linf", 0.1)
+    assert worst.attack == "Worst case (Linf, eps=0.1)" and worst.eps == 0.1
+    assert worst.adversarial_accuracy == pytest.approx(robust.mean())
     assert report["PGD-Linf (eps=0.1)"] is p
+
+
+def predictions(model, x):
+    return np.argmax(model.predict(x, verbose=0), axis=1)
+
+
+def test_worst_case_is_per_threat_model_and_unbounded_attacks_stay_out(cnn, eval_set):
+    x, y = eval_set[0][:60], eval_set[1][:60]
+    linf = [A.FGSM(0.1, value_range=VALUE_RANGE), A.PGD(0.1, steps=5, value_range=VALUE_RANGE,
+                                                         seed=0)]
+    l2 = [A.PGD(1.0, norm="l2", steps=5, value_range=VALUE_RANGE, seed=0)]
+    unbounded = [A.DeepFool(value_range=VALUE_RANGE)]
+    report = evaluate_robustness(cnn, x, y, linf + l2 + unbounded)
+    assert [r.threat_model for r in report.worst_cases] == ["Linf, eps=0.1", "L2, eps=1"]
+    clean = predictions(cnn, x) == y
+    fresh = {"linf": [A.FGSM(0.1, value_range=VALUE_RANGE),
+                      A.PGD(0.1, steps=5, value_range=VALUE_RANGE, seed=0)],
+             "l2": [A.PGD(1.0, norm="l2", steps=5, value_range=VALUE_RANGE, seed=0)]}
+    for norm, eps in (("linf", 0.1), ("l2", 1.0)):
+        robust = clean.copy()
+        for attack in fresh[norm]:
+            robust &= predictions(cnn, attack(cnn, x, y)) == y
+        assert report.worst_case_for(norm, eps).adversarial_accuracy == pytest.approx(
+            robust.mean())
+    deepfool = report.results[-1]
+    assert deepfool.threat_model == "L2, unbounded" and deepfool.eps is None
+    # an unbounded minimal-norm attack reports the norms it needed
+    assert deepfool.median_perturbation > 0 and deepfool.p90_perturbation >= \
+        deepfool.median_perturbation
+    with pytest.raises(ValueError, match="2 worst cases"):
+        report.worst_case
+    with pytest.raises(KeyError, match="Linf, eps=0.3"):
+        report.worst_case_for("linf", 0.3)
 
 
 def test_report_exports(cnn, eval_set, tmp_path):
@@ -51,14 +93,16 @@ def test_report_exports(cnn, eval_set, tmp_path):
     text = str(report)
     for column in PAPER_COLUMNS:
         assert column in text
-    assert "FGSM-Linf (eps=0.1) #2" in text and "Worst case" in text
+    assert "FGSM-Linf (eps=0.1) #2" in text and "Worst case (Linf, eps=0.1)" in text
     assert "Success Rate (%)" in report.table(full=True, fmt="text")
     path = tmp_path / "r.json"
     data = json.loads(report.to_json(str(path)))
     assert json.loads(path.read_text()) == data
-    assert data["worst_case"]["mean_perturbation"] is None
+    assert data["worst_cases"][0]["mean_perturbation"] is None
+    assert data["classifier"]["kind"] == "logits" and data["classifier"]["adaptive_path"] == []
     frame = report.to_dataframe()
-    assert list(frame.index)[-1] == "Worst case" and "clean_accuracy" in frame.columns
+    assert list(frame.index)[-1] == "Worst case (Linf, eps=0.1)"
+    assert "clean_accuracy" in frame.columns
     with pytest.raises(ValueError, match="`fmt`"):
         report.table(fmt="html")
     with pytest.raises(KeyError):

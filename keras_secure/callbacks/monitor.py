@@ -7,7 +7,9 @@ import warnings
 import keras
 import numpy as np
 
-from keras_secure.attacks.base import Attack, check_number
+from keras_secure.attacks.base import Attack
+from keras_secure.classifier import as_arrays, as_classifier, check_inputs
+from keras_secure.validation import check_number
 
 
 class RobustnessMonitor(keras.callbacks.Callback):
@@ -19,14 +21,19 @@ class RobustnessMonitor(keras.callbacks.Callback):
     ``TensorBoard`` use it unchanged - list this callback *before* them in ``callbacks``, since
     Keras calls callbacks in order. Logs hold numbers only (TensorBoard writes every entry as a
     scalar), so the attack's description is in :attr:`attack_label`, and every measurement in
-    :attr:`history`.
+    :attr:`history`. The model is read through the classifier contract
+    (:class:`keras_secure.Classifier`): logits, softmax, one sigmoid unit or one logit, and
+    keras_secure layers attacked through their adaptive path; labels of shape ``(n,)``,
+    ``(n, 1)`` or one-hot are all read the same way.
 
     Args:
-        x_val: validation inputs.
-        y_val: their integer (or one-hot) labels. Required.
+        x_val: validation inputs (finite), or a finite ``tf.data.Dataset`` of ``(x, y)``.
+        y_val: their labels (``(n,)``, ``(n, 1)`` or one-hot). Required unless ``x_val`` is a
+            dataset.
         attack: a configured keras_secure attack (untargeted).
-        every: evaluate every ``every`` epochs (>= 1); other epochs repeat no entry. Defaults to
-            1.
+        every: evaluate every ``every`` epochs (>= 1). On the other epochs the entry is logged
+            as NaN, so that ``CSVLogger`` keeps its column (note that ``EarlyStopping`` counts
+            a NaN epoch as one without improvement: scale its ``patience``). Defaults to 1.
         max_samples: use only the first ``max_samples`` examples (>= 1), or all. Defaults to
             None.
         name: the log key. Defaults to ``"val_robust_accuracy"``.
@@ -37,7 +44,9 @@ class RobustnessMonitor(keras.callbacks.Callback):
 
     Raises:
         TypeError: if ``attack`` is not a keras_secure attack.
-        ValueError: for missing labels, mismatched sizes, a targeted attack, ``every < 1``.
+        ValueError: for missing labels, mismatched sizes, NaN / inf inputs, a targeted attack,
+            ``every < 1``; labels that are not class labels of the model fail when training
+            begins, before the first step.
 
     Example:
         >>> monitor = RobustnessMonitor(x_val, y_val, ks.attacks.PGD(0.1, value_range=(0, 1)))
@@ -57,14 +66,13 @@ class RobustnessMonitor(keras.callbacks.Callback):
             raise TypeError(f"`attack` must be a keras_secure attack. Received: attack={attack!r}")
         if attack.targeted:
             raise ValueError(f"`attack` must be untargeted. Received: attack={attack!r}")
+        x_val, y_val = as_arrays(x_val, y_val, name="x_val")
         if y_val is None:
             raise ValueError("`y_val` is required: robust accuracy needs labels. "
                              "Received: y_val=None")
-        x_val, y_val = np.asarray(x_val), np.asarray(y_val)
-        if y_val.ndim == 2:
-            y_val = y_val.argmax(axis=1)
-        if len(x_val) != len(y_val) or len(x_val) == 0:
-            raise ValueError("`x_val` and `y_val` must be non-empty and of the same length. "
+        x_val, y_val = check_inputs(x_val, "x_val"), np.asarray(y_val)
+        if len(x_val) != len(y_val):
+            raise ValueError("`x_val` and `y_val` must be of the same length. "
                              f"Received: {len(x_val)} and {len(y_val)}")
         self.every = check_number("every", every, low=1, integer=True)
         self.collapse_drop = check_number("collapse_drop", collapse_drop, low=0.0, high=1.0,
@@ -77,15 +85,28 @@ class RobustnessMonitor(keras.callbacks.Callback):
         self.attack_label = attack.label
         self.history: list[tuple[int, float]] = []
 
+    def on_train_begin(self, logs=None):
+        # The labels are checked against the model (number of classes, binary heads) before
+        # the first training step, not at the first epoch's end.
+        as_classifier(self.model).check(
+            self.x_val, self.y_val, name="x_val", y_name="y_val")
+
     def robust_accuracy(self) -> float:
-        """Accuracy of the current model on the attacked validation subset."""
-        x_adv = self.attack(self.model, self.x_val, self.y_val)
-        clean = self.model.predict(self.x_val, verbose=0, batch_size=512).argmax(-1)
-        adv = self.model.predict(x_adv, verbose=0, batch_size=512).argmax(-1)
-        return float(np.mean((clean == self.y_val) & (adv == self.y_val)))
+        """Accuracy of the current model on the attacked validation subset (an example counts
+        only if it is classified correctly both clean and attacked)."""
+        clf = as_classifier(self.model)
+        x, y = clf.check(self.x_val, self.y_val, name="x_val", y_name="y_val")
+        x_adv = self.attack(clf, x, y)
+        clean = clf.predict_labels(x, batch_size=512)
+        adv = clf.predict_labels(x_adv, batch_size=512)
+        return float(np.mean((clean == y) & (adv == y)))
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every:
+            if logs is not None:  # NaN keeps CSVLogger's column on the epochs not measured
+                logs[self.key] = float("nan")
+                if self.collapse_drop is not None:
+                    logs[f"{self.key}_collapsed"] = float("nan")
             return
         value = self.robust_accuracy()
         best = max((v for _, v in self.history), default=value)

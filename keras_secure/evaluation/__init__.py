@@ -1,10 +1,13 @@
-"""Robustness evaluation: accuracy under attack, per attack and in the worst case."""
+"""Robustness evaluation: accuracy under attack, per attack and in the worst case of each
+threat model."""
 
 from keras_secure.evaluation.report import (
     PAPER_COLUMNS,
     AttackResult,
     RobustnessReport,
     evaluate_robustness,
+    threat_model,
 )
 
-__all__ = ["AttackResult", "RobustnessReport", "evaluate_robustness", "PAPER_COLUMNS"]
+__all__ = ["AttackResult", "RobustnessReport", "evaluate_robustness", "PAPER_COLUMNS",
+           "threat_model"]

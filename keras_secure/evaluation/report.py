@@ -1,4 +1,5 @@
-"""Robustness report: accuracy under a set of attacks, per attack and in the worst case."""
+"""Robustness report: accuracy under a set of attacks, per attack and in the worst case of each
+threat model (norm and budget)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import sys
 import time
 from typing import Sequence
 
+import keras
 import numpy as np
-import tensorflow as tf
 
-from keras_secure.attacks.base import Attack, check_number, logits_function
+from keras_secure.attacks.base import Attack
+from keras_secure.classifier import as_arrays, as_classifier
+from keras_secure.validation import check_choice, check_number
 
 PAPER_COLUMNS = ("Attack Type", "Clean Accuracy (%)", "Accuracy Under Attack (%)",
                  "Accuracy Drop (%)")
@@ -23,10 +26,14 @@ class AttackResult:
     """One row of a :class:`RobustnessReport`.
 
     Attributes:
-        attack: the attack's label, e.g. ``"PGD-Linf (eps=0.1)"``; ``"Worst case"`` for the row
-            that counts an example as robust only if it survives every attack.
-        norm: ``"linf"``/``"l2"`` (the norm the perturbation is measured in), None for the worst
-            case row.
+        attack: the attack's label, e.g. ``"PGD-Linf (eps=0.1)"``; ``"Worst case (Linf,
+            eps=0.1)"`` for the row of a threat model that counts an example as robust only if
+            it survives every attack of that threat model.
+        norm: ``"linf"``/``"l2"``, the norm the perturbation is measured in.
+        eps: the budget in input units, or None for a minimal-norm attack run without one
+            (C&W, DeepFool): such a row reports the distribution of the norms it needed and
+            belongs to no worst case.
+        threat_model: ``"Linf, eps=0.1"``, ``"L2, eps=1"`` or ``"L2, unbounded"``.
         num_examples: number of evaluated examples.
         clean_accuracy: accuracy on the clean inputs, in [0, 1].
         adversarial_accuracy: accuracy on the attacked inputs (an example initially
@@ -37,6 +44,7 @@ class AttackResult:
         mean_perturbation: mean ``norm`` of ``x_adv - x`` over the successful examples (NaN if
             none).
         median_perturbation: median of the same (NaN if none).
+        p90_perturbation: 90th percentile of the same (NaN if none).
         seconds: wall-clock time of the attack over all examples.
 
     Example:
@@ -45,7 +53,9 @@ class AttackResult:
     """
 
     attack: str
-    norm: str | None
+    norm: str
+    eps: float | None
+    threat_model: str
     num_examples: int
     clean_accuracy: float
     adversarial_accuracy: float
@@ -53,32 +63,82 @@ class AttackResult:
     success_rate: float
     mean_perturbation: float
     median_perturbation: float
+    p90_perturbation: float
     seconds: float
 
 
+def threat_model(norm: str, eps) -> str:
+    """The label of a threat model: ``"Linf, eps=0.1"``, ``"L2, eps=1"``, ``"L2, unbounded"``."""
+    name = "Linf" if norm == "linf" else "L2"
+    return f"{name}, unbounded" if eps is None else f"{name}, eps={eps:g}"
+
+
 class RobustnessReport:
-    """The result of :func:`evaluate_robustness`: one :class:`AttackResult` per attack plus the
-    worst case.
+    """The result of :func:`evaluate_robustness`: one :class:`AttackResult` per attack, plus one
+    worst-case row per threat model (norm and budget).
+
+    Worst cases are never taken across threat models: an L-inf attack at eps 0.1 and an L2
+    attack at eps 1 answer different questions, and their union would be no threat model at
+    all. Minimal-norm attacks run without a budget report the norms they needed and belong to
+    no worst case.
 
     Printing it gives the table of Table 1 of the project's seed paper (Attack Type | Clean
     Accuracy (%) | Accuracy Under Attack (%) | Accuracy Drop (%)); :meth:`table` with
     ``full=True`` adds success rate, perturbation norms and time. :meth:`to_dict`,
-    :meth:`to_dataframe` and :meth:`to_json` export it.
+    :meth:`to_dataframe` and :meth:`to_json` export it. :attr:`classifier` says how the model
+    was read and attacked (output kind, adaptive path through randomized and non-differentiable
+    layers).
 
     Example:
         >>> report = evaluate_robustness(model, x, y, [FGSM(0.1), PGD(0.1)])
         >>> print(report)
+        >>> report.worst_case_for("linf", 0.1).adversarial_accuracy
         >>> report.to_dataframe()
     """
 
-    def __init__(self, results: Sequence[AttackResult], worst_case: AttackResult):
+    def __init__(self, results: Sequence[AttackResult], worst_cases: Sequence[AttackResult],
+                 classifier: dict | None = None):
         self.results = list(results)
-        self.worst_case = worst_case
+        self.worst_cases = list(worst_cases)
+        self.classifier = dict(classifier or {})
 
     @property
     def rows(self) -> list[AttackResult]:
-        """All rows: one per attack, then the worst case."""
-        return [*self.results, self.worst_case]
+        """All rows: one per attack, then one worst case per threat model."""
+        return [*self.results, *self.worst_cases]
+
+    @property
+    def clean_accuracy(self) -> float:
+        """Accuracy on the clean inputs."""
+        return self.rows[0].clean_accuracy
+
+    @property
+    def worst_case(self) -> AttackResult:
+        """The worst-case row when the report has exactly one threat model.
+
+        Raises:
+            ValueError: when there are several (or none): use :meth:`worst_case_for` or
+                :attr:`worst_cases`, since a worst case across threat models means nothing.
+        """
+        if len(self.worst_cases) != 1:
+            raise ValueError(
+                f"The report has {len(self.worst_cases)} worst cases, one per threat model "
+                f"({[r.threat_model for r in self.worst_cases]}); use "
+                "report.worst_case_for(norm, eps) or report.worst_cases.")
+        return self.worst_cases[0]
+
+    def worst_case_for(self, norm: str, eps: float) -> AttackResult:
+        """The worst-case row of the threat model ``(norm, eps)``.
+
+        Raises:
+            KeyError: if no attack of the report has that threat model.
+        """
+        label = threat_model(norm, eps)
+        for row in self.worst_cases:
+            if row.threat_model == label:
+                return row
+        raise KeyError(f"No worst case for {label!r}; threat models: "
+                       f"{[r.threat_model for r in self.worst_cases]}")
 
     def __getitem__(self, attack: str) -> AttackResult:
         for row in self.rows:
@@ -87,9 +147,11 @@ class RobustnessReport:
         raise KeyError(f"No row for attack {attack!r}; rows: {[r.attack for r in self.rows]}")
 
     def to_dict(self) -> dict:
-        """``{"results": [row dicts...], "worst_case": row dict}`` (JSON-ready floats)."""
-        return {"results": [dataclasses.asdict(r) for r in self.results],
-                "worst_case": dataclasses.asdict(self.worst_case)}
+        """``{"classifier": ..., "results": [row dicts], "worst_cases": [row dicts]}``
+        (JSON-ready floats)."""
+        return {"classifier": self.classifier,
+                "results": [dataclasses.asdict(r) for r in self.results],
+                "worst_cases": [dataclasses.asdict(r) for r in self.worst_cases]}
 
     def to_json(self, path: str | None = None, indent: int = 2) -> str:
         """JSON text of :meth:`to_dict` (NaN written as ``null``); written to ``path`` if given."""
@@ -109,7 +171,8 @@ class RobustnessReport:
         return text
 
     def to_dataframe(self):
-        """A ``pandas.DataFrame`` with one row per attack and the worst case, indexed by attack."""
+        """A ``pandas.DataFrame`` with one row per attack and per worst case, indexed by
+        attack."""
         import pandas as pd
 
         return pd.DataFrame([dataclasses.asdict(r) for r in self.rows]).set_index("attack")
@@ -118,8 +181,8 @@ class RobustnessReport:
         """Render the report as a table.
 
         Args:
-            full: add success rate, mean/median perturbation and seconds. Defaults to False
-                (the seed paper's four columns).
+            full: add threat model, success rate, mean/median/90th-percentile perturbation and
+                seconds. Defaults to False (the seed paper's four columns).
             fmt: ``"markdown"`` (pipes) or ``"text"`` (aligned columns). Defaults to
                 ``"markdown"``.
 
@@ -133,7 +196,8 @@ class RobustnessReport:
             raise ValueError(f"`fmt` must be 'markdown' or 'text'. Received: fmt={fmt!r}")
         header = list(PAPER_COLUMNS)
         if full:
-            header += ["Success Rate (%)", "Mean Pert.", "Median Pert.", "Norm", "Time (s)"]
+            header += ["Threat Model", "Success Rate (%)", "Mean Pert.", "Median Pert.",
+                       "P90 Pert.", "Time (s)"]
 
         def pct(v):
             return "n/a" if not math.isfinite(v) else f"{100 * v:.1f}"
@@ -146,8 +210,9 @@ class RobustnessReport:
             row = [r.attack, pct(r.clean_accuracy), pct(r.adversarial_accuracy),
                    pct(r.accuracy_drop)]
             if full:
-                row += [pct(r.success_rate), num(r.mean_perturbation),
-                        num(r.median_perturbation), r.norm or "-", f"{r.seconds:.1f}"]
+                row += [r.threat_model, pct(r.success_rate), num(r.mean_perturbation),
+                        num(r.median_perturbation), num(r.p90_perturbation),
+                        f"{r.seconds:.1f}"]
             body.append(row)
         widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
         if fmt == "markdown":
@@ -175,46 +240,56 @@ def _norms(delta: np.ndarray, norm: str) -> np.ndarray:
     return np.sqrt((flat.astype(np.float64) ** 2).sum(axis=1))
 
 
-def _stats(values: np.ndarray) -> tuple[float, float]:
+def _stats(values: np.ndarray) -> tuple[float, float, float]:
     if values.size == 0:
-        return float("nan"), float("nan")
-    return float(values.mean()), float(np.median(values))
+        return float("nan"), float("nan"), float("nan")
+    return float(values.mean()), float(np.median(values)), float(np.percentile(values, 90))
 
 
 def evaluate_robustness(
     model,
     x,
-    y,
-    attacks: Sequence[Attack],
+    y=None,
+    attacks: Sequence[Attack] = (),
     batch_size: int = 256,
-    verbose: bool = False,
+    verbose=0,
 ) -> RobustnessReport:
-    """Measure a classifier's accuracy under each attack and in the worst case over all.
+    """Measure a classifier's accuracy under each attack and in the worst case of each threat
+    model.
 
     Every attack runs on every example (batched); an example counts as robust under an attack
-    if it is classified correctly both clean and attacked, and as robust in the worst case only
-    if it survives every attack. Run a diverse set - gradient attacks (PGD, APGD), minimal-norm
-    ones (C&W, DeepFool) and a score-based one (Square) - so that gradient masking in one does
-    not overstate robustness: a defence that is only robust to gradient attacks shows up as a
-    Square/worst-case row much lower than the PGD row.
+    if it is classified correctly both clean and attacked, and as robust in the worst case of a
+    threat model (norm and budget) only if it survives every attack of that threat model. Run a
+    diverse set - gradient attacks (PGD, APGD), minimal-norm ones (C&W, DeepFool) and a
+    score-based one (Square) - so that gradient masking in one does not overstate robustness: a
+    defence that is only robust to gradient attacks shows up as a Square/worst-case row much
+    lower than the PGD row.
+
+    The model is read through the classifier contract (:class:`keras_secure.Classifier`):
+    logits, softmax, one sigmoid unit or one logit; predicted labels are the model's own
+    (Keras's thresholding for binary models); keras_secure's randomized and non-differentiable
+    layers anywhere inside it are attacked through their adaptive path, which the report's
+    :attr:`~RobustnessReport.classifier` names.
 
     Args:
-        model: a Keras model or callable returning logits (see
-            :func:`keras_secure.attacks.logits_function`).
-        x: inputs ``(n, ...)``.
-        y: integer labels ``(n,)`` or one-hot ``(n, classes)``.
+        model: a Keras model, a callable returning class scores, or a
+            :class:`keras_secure.Classifier` (to declare ``from_logits``).
+        x: inputs ``(n, ...)``, finite; or a finite ``tf.data.Dataset`` of ``(x, y)``
+            (then ``y`` is None).
+        y: labels ``(n,)``, ``(n, 1)`` or one-hot ``(n, classes)``.
         attacks: non-empty sequence of configured :class:`keras_secure.attacks.Attack` objects
             (untargeted).
         batch_size: examples per batch, >= 1. Defaults to 256.
-        verbose: print one progress line per attack to stderr. Defaults to False.
+        verbose: 0 silent, 1 a ``keras.utils.Progbar`` per attack, 2 one line per attack.
+            Defaults to 0.
 
     Returns:
         A :class:`RobustnessReport`.
 
     Raises:
         TypeError: if ``attacks`` holds something that is not an ``Attack``.
-        ValueError: for an empty or targeted attack list, mismatched ``x``/``y``, or a bad
-            ``batch_size``.
+        ValueError: for an empty or targeted attack list, NaN / inf inputs, labels that are not
+            class labels of the model, mismatched ``x``/``y``, or a bad ``batch_size``.
 
     Example:
         >>> from keras_secure import attacks
@@ -224,7 +299,8 @@ def evaluate_robustness(
 
     References:
         Carlini et al. (2019), "On Evaluating Adversarial Robustness" (worst case over a diverse
-        set of attacks); Croce & Hein (2020) (AutoAttack's worst-case robust accuracy).
+        set of attacks, per threat model); Croce & Hein (2020) (AutoAttack's worst-case robust
+        accuracy).
     """
     if isinstance(attacks, Attack):
         attacks = [attacks]
@@ -239,59 +315,73 @@ def evaluate_robustness(
             raise ValueError("`attacks` must be untargeted for a robustness report. "
                              f"Received: {a!r}")
     batch_size = check_number("batch_size", batch_size, low=1, integer=True)
-    x = np.asarray(x)
-    y = np.asarray(y)
-    if y.ndim == 2:
-        y = y.argmax(axis=1)
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"`x` and `y` must have the same number of examples. Received: "
-                         f"x.shape[0]={x.shape[0]}, y.shape[0]={y.shape[0]}")
+    verbose = check_choice("verbose", int(verbose) if isinstance(verbose, (bool, int)) else
+                           verbose, (0, 1, 2))
+    x, y = as_arrays(x, y)
+    if y is None:
+        raise ValueError("`y` is required: robust accuracy needs labels (or pass a "
+                         "tf.data.Dataset of (x, y) as `x`). Received: y=None")
+    clf = as_classifier(model)
+    x, y = clf.check(x, y)
     n = x.shape[0]
-    logits_fn = logits_function(model)
-    predict = tf.function(lambda b: tf.argmax(logits_fn(b), axis=-1), reduce_retracing=True)
-
-    def predictions(inputs):
-        return np.concatenate([predict(tf.cast(inputs[i:i + batch_size], tf.float32)).numpy()
-                               for i in range(0, n, batch_size)])
-
-    clean_correct = predictions(x) == y
+    clean_correct = clf.predict_labels(x, batch_size) == y
     clean_acc = float(clean_correct.mean())
-    robust_all = clean_correct.copy()
     labels = _unique_labels([a.label for a in attacks])
-    results = []
-    total_seconds = 0.0
+    results, survived = [], []
     for index, (attack, label) in enumerate(zip(attacks, labels), start=1):
         if verbose:
-            print(f"[{index}/{len(attacks)}] {label} on {n} examples ...", end="", flush=True,
-                  file=sys.stderr)
+            print(f"[{index}/{len(attacks)}] {label} on {n} examples",
+                  file=sys.stdout if verbose == 1 else sys.stderr, flush=True,
+                  end="\n" if verbose == 1 else " ...")
+        bar = keras.utils.Progbar(n, unit_name="example") if verbose == 1 else None
         start = time.perf_counter()
-        x_adv = np.concatenate([np.asarray(attack(model, x[i:i + batch_size],
-                                                  y[i:i + batch_size]))
-                                for i in range(0, n, batch_size)])
+        parts = []
+        for i in range(0, n, batch_size):
+            parts.append(np.asarray(attack(clf, x[i:i + batch_size], y[i:i + batch_size])))
+            if bar is not None:
+                bar.update(min(n, i + batch_size))
+        x_adv = np.concatenate(parts)
         seconds = time.perf_counter() - start
-        total_seconds += seconds
-        adv_correct = (predictions(x_adv) == y) & clean_correct
-        robust_all &= adv_correct
+        adv_correct = (clf.predict_labels(x_adv, batch_size) == y) & clean_correct
+        survived.append(adv_correct)
         fooled = clean_correct & ~adv_correct
-        mean_norm, median_norm = _stats(_norms(x_adv[fooled] - x[fooled].astype(np.float32),
-                                               attack.norm))
+        mean_norm, median_norm, p90_norm = _stats(
+            _norms(x_adv[fooled] - x[fooled].astype(np.float32), attack.norm))
         results.append(AttackResult(
-            attack=label, norm=attack.norm, num_examples=n, clean_accuracy=clean_acc,
-            adversarial_accuracy=float(adv_correct.mean()),
+            attack=label, norm=attack.norm, eps=attack.eps,
+            threat_model=threat_model(attack.norm, attack.eps), num_examples=n,
+            clean_accuracy=clean_acc, adversarial_accuracy=float(adv_correct.mean()),
             accuracy_drop=clean_acc - float(adv_correct.mean()),
             success_rate=_rate(fooled, clean_correct), mean_perturbation=mean_norm,
-            median_perturbation=median_norm, seconds=seconds))
-        if verbose:
+            median_perturbation=median_norm, p90_perturbation=p90_norm, seconds=seconds))
+        if verbose == 2:
             print(f" accuracy {100 * adv_correct.mean():.1f}% ({seconds:.1f} s)",
                   file=sys.stderr, flush=True)
-    worst = AttackResult(
-        attack="Worst case", norm=None, num_examples=n, clean_accuracy=clean_acc,
-        adversarial_accuracy=float(robust_all.mean()),
-        accuracy_drop=clean_acc - float(robust_all.mean()),
-        success_rate=_rate(clean_correct & ~robust_all, clean_correct),
-        mean_perturbation=float("nan"), median_perturbation=float("nan"),
-        seconds=total_seconds)
-    return RobustnessReport(results, worst)
+    return RobustnessReport(results, _worst_cases(results, survived, clean_correct),
+                            clf.describe())
+
+
+def _worst_cases(results, survived, clean_correct) -> list[AttackResult]:
+    """One row per bounded threat model: robust only if it survives all of its attacks."""
+    groups: dict = {}
+    for row, robust in zip(results, survived):
+        if row.eps is None:
+            continue  # minimal-norm attack without a budget: no threat model to be worst in
+        groups.setdefault((row.norm, row.eps), []).append((row, robust))
+    worst = []
+    clean_acc = float(clean_correct.mean())
+    for (norm, eps), members in groups.items():
+        robust = np.logical_and.reduce([r for _, r in members]) & clean_correct
+        label = threat_model(norm, eps)
+        worst.append(AttackResult(
+            attack=f"Worst case ({label})", norm=norm, eps=eps, threat_model=label,
+            num_examples=len(clean_correct), clean_accuracy=clean_acc,
+            adversarial_accuracy=float(robust.mean()),
+            accuracy_drop=clean_acc - float(robust.mean()),
+            success_rate=_rate(clean_correct & ~robust, clean_correct),
+            mean_perturbation=float("nan"), median_perturbation=float("nan"),
+            p90_perturbation=float("nan"), seconds=sum(r.seconds for r, _ in members)))
+    return worst
 
 
 def _rate(hits: np.ndarray, among: np.ndarray) -> float:
