@@ -127,6 +127,14 @@ def noise_multiplier_for(target_epsilon: float, num_examples: int, batch_size: i
     """The smallest noise multiplier that keeps DP-SGD within ``(target_epsilon, delta)``
     (``dp_accounting.mechanism_calibration``, tolerance 1e-4).
 
+    With ``accountant="pld"`` the search is bounded so that it runs in ordinary memory: a
+    privacy loss distribution grows without bound as the noise multiplier goes to 0 (an
+    unbounded search from sigma = 0.001 tried to allocate 38 GiB for 50 steps at q = 0.1). The
+    RDP calibration (cheap at any sigma) gives a first guess; the PLD bracket is then found by
+    steps of a factor 1.25 around it, so no PLD is built for a sigma below 0.8 times the answer.
+    The returned sigma is calibrated with the PLD accountant itself, so
+    ``compute_epsilon(sigma, ..., accountant="pld") <= target_epsilon``.
+
     Args:
         target_epsilon: > 0.
         num_examples, batch_size, delta, epochs, steps, sampling, accountant: as in
@@ -146,11 +154,35 @@ def noise_multiplier_for(target_epsilon: float, num_examples: int, batch_size: i
     delta = check_number("delta", delta, low=0.0, high=1.0, low_inclusive=False,
                          high_inclusive=False)
     steps = _steps(num_examples, batch_size, epochs, steps)
-    return float(mechanism_calibration.calibrate_dp_mechanism(
-        lambda: make_accountant(accountant),
-        lambda sigma: dp_sgd_event(sigma, num_examples, batch_size, steps, sampling),
-        target_epsilon, delta,
-        bracket_interval=mechanism_calibration.LowerEndpointAndGuess(1e-3, 1.0), tol=1e-4))
+    check_choice("accountant", accountant, ACCOUNTANTS)
+
+    def event(sigma):
+        return dp_sgd_event(sigma, num_examples, batch_size, steps, sampling)
+
+    def calibrate(name, bracket):
+        return float(mechanism_calibration.calibrate_dp_mechanism(
+            lambda: make_accountant(name), event, target_epsilon, delta,
+            bracket_interval=bracket, tol=1e-4))
+
+    sigma = calibrate("rdp", mechanism_calibration.LowerEndpointAndGuess(1e-3, 1.0))
+    if accountant == "rdp" or steps == 0:
+        return sigma
+
+    def pld_epsilon(s):
+        acc = make_accountant("pld")
+        acc.compose(event(s))
+        return acc.get_epsilon(delta)
+
+    # Bracket [low, high] with pld_epsilon(low) > target >= pld_epsilon(high), approached
+    # from large sigma (small PLDs) in steps of 1.25: PLD is usually below RDP, so the RDP
+    # answer is an upper end; otherwise move up from it.
+    factor, high = 1.25, sigma
+    while pld_epsilon(high) > target_epsilon:
+        high *= factor
+    low = high / factor
+    while pld_epsilon(low) <= target_epsilon:
+        high, low = low, low / factor
+    return calibrate("pld", mechanism_calibration.ExplicitBracketInterval(low, high))
 
 
 def max_steps_within(target_epsilon: float, noise_multiplier: float, num_examples: int,
