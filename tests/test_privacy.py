@@ -122,7 +122,8 @@ def test_clipped_gradients_match_a_slow_per_example_loop(digits, arch, clipping)
     n, clip = len(x), float(np.median(norms))  # half the examples are clipped
     total = [sum(grads[j] / max(1.0, norm / clip) for grads, norm in zip(per_example, norms))
              for j in range(len(start))]
-    callback = DPSGD(clip, 0.0, num_examples=n, batch_size=n, delta=1e-5, clipping=clipping)
+    callback = DPSGD(clip, 0.0, num_examples=n, batch_size=n, delta=1e-5, sampling="shuffle",
+                     clipping=clipping)
     new = one_step(model, x, y, callback, lr=0.1)
     assert (callback.stage.plan is not None) == (clipping == "ghost")
     expected = [v - 0.1 * t / n for v, t in zip(start, total)]
@@ -138,8 +139,8 @@ def test_ghost_clipping_refuses_what_it_cannot_split_and_auto_falls_back():
     x, y = np.ones((4, 4), np.float32), np.array([0, 1, 0, 1])
     with pytest.raises(ValueError, match="owns variables and has sub-layers"):
         one_step(model(), x, y, DPSGD(1.0, 0.0, num_examples=4, batch_size=4, delta=1e-5,
-                                      clipping="ghost"))
-    auto = DPSGD(1.0, 0.0, num_examples=4, batch_size=4, delta=1e-5)
+                                      sampling="shuffle", clipping="ghost"))
+    auto = DPSGD(1.0, 0.0, num_examples=4, batch_size=4, delta=1e-5, sampling="shuffle")
     one_step(model(), x, y, auto)
     assert auto.stage.plan is None  # whole-model vectorized path
     with pytest.raises(ValueError, match="clipping"):
@@ -159,7 +160,7 @@ def test_ghost_clipping_refuses_what_it_cannot_split_and_auto_falls_back():
                                                delta=1e-5, clipping=clipping))
     built = Subclassed()
     built(x[:1])  # calling it on a batch creates its variables
-    ghost_dp = DPSGD(1.0, 0.0, num_examples=4, batch_size=4, delta=1e-5)
+    ghost_dp = DPSGD(1.0, 0.0, num_examples=4, batch_size=4, delta=1e-5, sampling="shuffle")
     one_step(built, x, y, ghost_dp)
     assert ghost_dp.stage.plan is not None
 
@@ -169,8 +170,8 @@ def test_noise_has_the_calibrated_standard_deviation():
     model = linear(np.zeros((20, 50)), np.zeros(50))
     x = np.random.default_rng(0).normal(size=(batch, 20)).astype(np.float32)
     y = np.zeros((batch, 50), np.float32)  # MSE at a zero model: every gradient is zero
-    new_w, new_b = one_step(model, x, y, DPSGD(clip, sigma, num_examples=100, batch_size=batch,
-                                               delta=1e-5, seed=0),
+    new_w, new_b = one_step(model, x, y, DPSGD(clip, sigma, num_examples=batch, batch_size=batch,
+                                               delta=1e-5, sampling="shuffle", seed=0),
                             loss=keras.losses.MeanSquaredError())
     update = np.concatenate([new_w.ravel(), new_b.ravel()])
     expected = sigma * clip / batch
@@ -268,7 +269,8 @@ def test_dpsgd_refuses_what_voids_the_guarantee(digits):
     xla.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 jit_compile=True)
     with pytest.warns(UserWarning, match="jit_compile=False"):
-        xla.fit(x[:8], y[:8], verbose=0, callbacks=[DPSGD(1.0, 1.0, **dp)])
+        xla.fit(x[:8], y[:8], verbose=0, callbacks=[DPSGD(
+            1.0, 1.0, num_examples=8, batch_size=8, delta=1e-5, sampling="shuffle")])
 
 
 MIRRORED_DP = textwrap.dedent("""
@@ -279,6 +281,7 @@ MIRRORED_DP = textwrap.dedent("""
         cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
     import keras
     from keras_secure.callbacks import DPSGD
+    from keras_secure.privacy import poisson_batches
 
     def step(strategy, x, y, w, b, sigma, clipping, loss, sampling="shuffle"):
         with strategy.scope():
@@ -287,7 +290,12 @@ MIRRORED_DP = textwrap.dedent("""
             model.compile(keras.optimizers.SGD(1.0), loss)
         dp = DPSGD(0.8, sigma, num_examples=len(x), batch_size=len(x), delta=1e-5,
                    sampling=sampling, clipping=clipping, seed=0)
-        model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0, callbacks=[dp])
+        if sampling == "poisson":  # q = 1: the batch is the whole data set
+            data, steps = poisson_batches(x, y, batch_size=len(x), seed=0)
+            model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[dp])
+        else:
+            model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0,
+                      callbacks=[dp])
         return np.concatenate([v.ravel() for v in model.get_weights()])
 
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -319,3 +327,270 @@ def test_dpsgd_under_mirrored_strategy_adds_noise_once_per_global_batch():
     result = run_python(MIRRORED_DP)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "MIRRORED DP OK" in result.stdout
+
+
+# -- the accounting matches the batches fit really uses (issue 11, section 4) ----------------
+
+def _hand_clipped_sum(w, b, x, y, clip):
+    """Sum of per-example gradients of softmax cross-entropy of a linear model, each clipped to
+    L2 norm ``clip`` (by hand: dW_i = x_i (p_i - e_i)^T, db_i = p_i - e_i)."""
+    total_w, total_b = np.zeros_like(w), np.zeros_like(b)
+    for xi, yi in zip(x, y):
+        z = xi @ w + b
+        p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        r = p - np.eye(len(b))[yi]
+        gw, gb = np.outer(xi, r), r
+        factor = 1.0 / max(1.0, np.sqrt((gw ** 2).sum() + (gb ** 2).sum()) / clip)
+        total_w += factor * gw
+        total_b += factor * gb
+    return total_w, total_b
+
+
+def _first_batch_of_size(x, y, batch_size, size):
+    """A poisson_batches dataset whose first batch holds ``size`` examples (seeds are tried in
+    turn: the sampling also depends on TensorFlow's global seed)."""
+    for seed in range(1000):
+        ds, _ = poisson_batches(x, y, batch_size=batch_size, seed=seed)
+        if len(next(iter(ds))[0]) == size:
+            return ds
+    raise AssertionError(f"no seed gave a first batch of {size}")
+
+
+def _compiled(model, lr=1.0):
+    model.compile(keras.optimizers.SGD(lr),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def test_poisson_step_divides_the_clipped_sum_by_the_expected_batch_size():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 2)).astype(np.float32)
+    y = rng.integers(0, 3, 20)
+    w, b = rng.normal(size=(2, 3)), np.array([0.1, 0.0, -0.1])
+    ds = _first_batch_of_size(x, y, 10, 5)  # a Poisson step of 5 examples, 10 expected
+    bx, by = (t.numpy() for t in next(iter(ds)))
+    model = _compiled(linear(w, b))
+    dp = DPSGD(0.8, 0.0, num_examples=20, batch_size=10, delta=1e-5)
+    model.fit(ds, steps_per_epoch=1, epochs=1, verbose=0, callbacks=[dp])
+    total_w, total_b = _hand_clipped_sum(w, b, bx, by, 0.8)
+    new_w, new_b = model.get_weights()
+    np.testing.assert_allclose(new_w, w - total_w / 10, atol=1e-6)  # / 10, not / 5
+    np.testing.assert_allclose(new_b, b - total_b / 10, atol=1e-6)
+    assert dp.steps_done == 1
+
+
+def test_default_poisson_accounting_refuses_batches_not_made_by_poisson_batches(digits):
+    x, y = digits[0][:256], digits[1][:256]
+    model = _compiled(ks.models.small_cnn(width=4, seed=0))
+    start = model.get_weights()
+    dp = DPSGD(1.0, 1.1, num_examples=256, batch_size=64, delta=1e-5)
+    # Today's overclaim: fixed shuffled batches logged with the Poisson epsilon. Refused, with
+    # both correct options named.
+    with pytest.raises(ValueError, match=r"poisson_batches\(x, y, batch_size=64\).*"
+                                         r"sampling='shuffle'.*Received: sampling='poisson'"):
+        model.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=[dp])
+    ds, steps = poisson_batches(x, y, batch_size=64, seed=0)
+    for data, match in [
+        (tf.data.Dataset.from_tensor_slices((x, y)).batch(64), "not known to be Poisson"),
+        (ds.prefetch(1), "not known to be Poisson"),  # derived: no longer marked
+    ]:
+        with pytest.raises(ValueError, match=match):
+            model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[dp])
+    for kwargs, match in [(dict(batch_size=32), r"`batch_size`.*\(64\)\. Received: batch_size=32"),
+                          (dict(num_examples=300), r"`num_examples`.*\(256\)\. Received")]:
+        wrong = DPSGD(1.0, 1.1, delta=1e-5, **{"num_examples": 256, "batch_size": 64, **kwargs})
+        with pytest.raises(ValueError, match=match):
+            model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[wrong])
+    shuffle = DPSGD(1.0, 1.1, num_examples=256, batch_size=64, delta=1e-5, sampling="shuffle")
+    with pytest.raises(ValueError, match="Declare sampling='poisson'"):
+        model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[shuffle])
+    for a, b in zip(start, model.get_weights()):  # nothing was trained
+        np.testing.assert_array_equal(a, b)
+    assert dp.steps_done == 0 and int(model.optimizer.iterations) == 0
+    assert ks.privacy.poisson_sampling_of(ds) == ks.privacy.PoissonSampling(256, 64, 0)
+
+
+def _gaussian_epsilon(sigma, compositions, delta):
+    """Exact epsilon of `compositions` Gaussian mechanisms of sensitivity 1 and std sigma:
+    mu-GDP with mu = sqrt(k) / sigma, delta(eps) = Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu -
+    mu/2) (Balle & Wang 2018; Dong, Roth & Su 2019), solved for eps."""
+    from scipy import optimize, stats
+
+    mu = np.sqrt(compositions) / sigma
+
+    def gap(eps):
+        return (stats.norm.cdf(-eps / mu + mu / 2)
+                - np.exp(eps) * stats.norm.cdf(-eps / mu - mu / 2) - delta)
+
+    return optimize.brentq(gap, 0.0, 100.0, xtol=1e-10)
+
+
+def test_shuffled_batches_are_accounted_per_pass_and_checked_against_batch_size(digits):
+    x, y = digits[0], digits[1]  # 1437 examples: 22 batches of 64 and a last one of 29
+    n = len(x)
+    model = _compiled(ks.models.small_cnn(width=4, seed=0), lr=0.1)
+    dp = DPSGD(1.0, 1.1, num_examples=n, batch_size=64, delta=1e-5, sampling="shuffle",
+               accountant="pld")
+    history = model.fit(x, y, batch_size=64, epochs=2, verbose=0, callbacks=[dp])
+    assert dp.steps_done == 2 * 23 and dp.passes_done == 2
+    exact = _gaussian_epsilon(1.1, 2, 1e-5)  # two passes: two Gaussian mechanisms
+    assert history.history["epsilon"][-1] == pytest.approx(exact, rel=2e-3)
+    assert history.history["epsilon"][0] == pytest.approx(_gaussian_epsilon(1.1, 1, 1e-5),
+                                                          rel=2e-3)
+    # declared 64, fit at 32: refused before the first step (today: eps 2.26 logged silently)
+    fresh = _compiled(ks.models.small_cnn(width=4, seed=0))
+    start = fresh.get_weights()
+    declared = DPSGD(1.0, 1.1, num_examples=n, batch_size=64, delta=1e-5, sampling="shuffle")
+    with pytest.raises(ValueError, match=r"`batch_size`.*batches of 32.*"
+                                         r"Received: batch_size=64"):
+        fresh.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[declared])
+    with pytest.raises(ValueError, match=r"`num_examples`.*\(1000\)"):
+        fresh.fit(x[:1000], y[:1000], batch_size=64, verbose=0, callbacks=[declared])
+    # a dataset's batches are checked in the graph at each step, before the update
+    batched_32 = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"`batch_size`.*Declared: batch_size=64.*\[64\].*"
+                             r"Received: a batch of size\] \[32\]"):
+        fresh.fit(batched_32, epochs=1, verbose=0, callbacks=[declared])
+    for a, b in zip(start, fresh.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert declared.steps_done == 0
+    # batches running across passes (repeat before batch) are not per-pass fixed batches:
+    # the 23rd batch holds 64 examples instead of the pass's last 29
+    straddling = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(64)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[29\] \[at position\] \[22\]"):
+        fresh.fit(straddling, steps_per_epoch=30, epochs=1, verbose=0, callbacks=[
+            DPSGD(1.0, 1.1, num_examples=n, batch_size=64, delta=1e-5, sampling="shuffle")])
+
+
+def test_budget_below_one_step_is_refused_before_training():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(200, 4)).astype(np.float32), rng.integers(0, 2, 200)
+    accountant = rdp_privacy_accountant.RdpAccountant()  # one step, by dp_accounting directly
+    accountant.compose(dp_event.PoissonSampledDpEvent(20 / 200, dp_event.GaussianDpEvent(1.0)))
+    one_step_eps = accountant.get_epsilon(1e-5)
+    assert one_step_eps == pytest.approx(2.133, abs=1e-3) and one_step_eps > 2.0
+    model = _compiled(linear(np.zeros((4, 2)), np.zeros(2)))
+    ds, steps = poisson_batches(x, y, batch_size=20, seed=0)
+    dp = DPSGD(1.0, 1.0, num_examples=200, batch_size=20, delta=1e-5, target_epsilon=2.0)
+    with pytest.raises(ValueError, match=r"below the epsilon of a single DP-SGD step.*2\.133"
+                                         r".*Received: target_epsilon=2"):
+        model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[dp])
+    assert int(model.optimizer.iterations) == 0 and dp.steps_done == 0
+    assert not np.any(model.get_weights()[0])
+    # a budget spent by an earlier fit is refused as well (no extra step in a second fit)
+    spent = DPSGD(1.0, 1.0, num_examples=200, batch_size=20, delta=1e-5, target_epsilon=3.0)
+    model.fit(ds, steps_per_epoch=steps, epochs=50, verbose=0, callbacks=[spent])
+    assert spent.steps_done == spent.max_steps > 0
+    iterations = int(model.optimizer.iterations)
+    with pytest.raises(ValueError, match="budget of this DPSGD callback is spent"):
+        model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[spent])
+    assert int(model.optimizer.iterations) == iterations
+
+
+def _conv_dense():
+    return keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(3, 3),
+                             keras.layers.Flatten(), keras.layers.Dense(3)])
+
+
+def _dense():
+    return keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Flatten(),
+                             keras.layers.Dense(3)])
+
+
+@pytest.mark.parametrize("clipping", ["ghost", "vectorized"])
+@pytest.mark.parametrize("make", [_conv_dense, _dense], ids=["conv_dense", "dense"])
+def test_empty_poisson_batches_are_noise_only_steps_with_finite_logs(make, clipping):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(40, 6, 6, 1)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+    ds, steps = poisson_batches(x, y, batch_size=1, seed=0)
+    sizes = [len(batch[0]) for batch in ds.take(120)]  # the batches fit trains on below
+    # about 120 (1 - 1/40)^40 = 43.6 of them are empty (the issue saw 49), sd 5.3
+    assert sizes.count(0) >= 20
+    keras.utils.set_random_seed(0)
+    model = _compiled(make(), lr=0.1)
+    model.compile(keras.optimizers.SGD(0.1),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    dp = DPSGD(1.0, 1.0, num_examples=40, batch_size=1, delta=1e-5, clipping=clipping, seed=0)
+    history = model.fit(ds, steps_per_epoch=steps, epochs=3, verbose=0, callbacks=[dp])
+    assert dp.steps_done == 120
+    for name, values in history.history.items():
+        assert np.all(np.isfinite(values)), (name, values)
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    # an empty batch: zero clipped sum, so without noise the weights do not move, and the
+    # epoch made of it alone logs loss 0 and clipped fraction 0 (nothing to average)
+    empty = _first_batch_of_size(x, y, 1, 0)
+    keras.utils.set_random_seed(0)
+    quiet = _compiled(make())
+    start = quiet.get_weights()
+    logs = quiet.fit(empty, steps_per_epoch=1, epochs=1, verbose=0, callbacks=[DPSGD(
+        1.0, 0.0, num_examples=40, batch_size=1, delta=1e-5, clipping=clipping)]).history
+    for a, b in zip(start, quiet.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert logs["loss"] == [0.0] and logs["clipped_fraction"] == [0.0]
+
+
+def test_empty_poisson_batch_update_is_the_noise_divided_by_the_expected_batch_size():
+    x = np.zeros((40, 20), np.float32)
+    empty = _first_batch_of_size(x, np.zeros(40, np.int64), 1, 0)
+    model = _compiled(linear(np.zeros((20, 50)), np.zeros(50)))
+    sigma, clip = 2.0, 0.5
+    model.fit(empty, steps_per_epoch=1, epochs=1, verbose=0, callbacks=[DPSGD(
+        clip, sigma, num_examples=40, batch_size=1, delta=1e-5, seed=0)])
+    update = np.concatenate([v.ravel() for v in model.get_weights()])
+    # 1050 Gaussian draws of std sigma * C / 1: relative standard error 1 / sqrt(2 * 1050)
+    assert abs(update.std() / (sigma * clip) - 1) < 4 / np.sqrt(2 * update.size)
+
+
+def test_pld_accountant_matches_dp_accounting_and_the_gaussian_closed_form():
+    from dp_accounting.pld import pld_privacy_accountant
+
+    for sigma, n, batch, epochs in [(1.1, 1437, 64, 30), (0.8, 500, 50, 5)]:
+        direct = pld_privacy_accountant.PLDAccountant()
+        direct.compose(dp_event.SelfComposedDpEvent(
+            dp_event.PoissonSampledDpEvent(batch / n, dp_event.GaussianDpEvent(sigma)),
+            int(np.ceil(epochs * n / batch))))
+        eps = compute_epsilon(sigma, n, batch, epochs=epochs, delta=1e-5, accountant="pld")
+        assert eps == pytest.approx(direct.get_epsilon(1e-5), rel=1e-9)
+    # without subsampling ("shuffle": one Gaussian mechanism per pass) the exact epsilon has a
+    # closed form; PLD (pessimistic discretization) is at it, RDP above it
+    for sigma, epochs in [(1.1, 60), (4.0, 3)]:
+        exact = _gaussian_epsilon(sigma, epochs, 1e-5)
+        pld = compute_epsilon(sigma, 60000, 256, epochs=epochs, delta=1e-5, sampling="shuffle",
+                              accountant="pld")
+        rdp = compute_epsilon(sigma, 60000, 256, epochs=epochs, delta=1e-5, sampling="shuffle")
+        assert exact <= pld * (1 + 1e-6) and pld == pytest.approx(exact, rel=2e-3)
+        assert rdp > pld
+
+
+def test_pld_noise_calibration_is_tight():
+    sigma = ks.privacy.noise_multiplier_for(3.0, 1437, 64, epochs=5, delta=1e-5,
+                                            accountant="pld")
+    kwargs = dict(epochs=5, delta=1e-5, accountant="pld")
+    assert compute_epsilon(sigma, 1437, 64, **kwargs) <= 3.0
+    assert compute_epsilon(sigma - 1e-3, 1437, 64, **kwargs) > 3.0
+    assert sigma < ks.privacy.noise_multiplier_for(3.0, 1437, 64, epochs=5, delta=1e-5)
+
+
+PLD_MEMORY = textwrap.dedent("""
+    import resource
+    from keras_secure.privacy import compute_epsilon, noise_multiplier_for
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    sigma = noise_multiplier_for(8.0, 500, 50, epochs=5, delta=1e-4, accountant="pld")
+    eps = compute_epsilon(sigma, 500, 50, epochs=5, delta=1e-4, accountant="pld")
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print("PLD", sigma, eps, (after - before) / 1024)
+""")
+
+
+@pytest.mark.slow
+def test_pld_noise_calibration_runs_in_ordinary_memory():
+    # unbounded, the search from sigma = 0.001 tried to allocate 38 GiB inside dp_accounting
+    result = run_python(PLD_MEMORY)
+    assert result.returncode == 0, result.stderr[-4000:]
+    line = next(ln for ln in result.stdout.splitlines() if ln.startswith("PLD "))
+    sigma, eps, extra_mib = map(float, line.split()[1:])
+    assert eps <= 8.0 and eps == pytest.approx(8.0, abs=0.01)
+    assert extra_mib < 1024, extra_mib

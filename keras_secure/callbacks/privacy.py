@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 
 import keras
@@ -17,6 +18,7 @@ from keras_secure.privacy.accounting import (
     compute_epsilon,
     max_steps_within,
 )
+from keras_secure.privacy.data import poisson_sampling_of
 from keras_secure.training.hook import Stage, StageCallback
 
 
@@ -34,13 +36,19 @@ class _DPStage(Stage):
     needs_labels = True
     log_names = ("clipped_fraction",)
 
-    def __init__(self, l2_norm_clip, noise_multiplier, sampling, batch_size, clipping, seed):
+    def __init__(self, l2_norm_clip, noise_multiplier, sampling, batch_size, num_examples,
+                 clipping, seed):
         super().__init__()
         self.clip, self.sigma = l2_norm_clip, noise_multiplier
-        self.sampling, self.batch_size = sampling, batch_size
+        self.sampling, self.batch_size, self.num_examples = sampling, batch_size, num_examples
+        # shuffled fixed batches: each pass over the N examples is `steps_per_pass` batches of
+        # `batch_size`, the last one holding `last_size` examples
+        self.steps_per_pass = math.ceil(num_examples / batch_size)
+        self.last_size = num_examples - (self.steps_per_pass - 1) * batch_size
         self.clipping = clipping
         self.plan = None  # ghost plan {layer: kind} when the ghost path is used
         self.seed_generator = keras.random.SeedGenerator(seed)
+        self.fit_start = None  # optimizer.iterations when the current fit began (a variable)
 
     def check_model(self, model):
         if not model.trainable_variables:
@@ -58,6 +66,11 @@ class _DPStage(Stage):
         if isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer):
             raise ValueError("DPSGD does not support loss scaling (mixed_float16) yet: clip and "
                              "noise are computed in float32. Use the float32 policy.")
+        if self.fit_start is None:
+            strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+            with strategy.scope():
+                self.fit_start = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                             name="dpsgd_fit_start")
         if getattr(model, "jit_compile", False):
             warnings.warn(
                 "DPSGD with jit_compile=True: on CPU, XLA made the DP step 9-37x slower than "
@@ -133,6 +146,23 @@ class _DPStage(Stage):
         del tape
         return [summed[id(v)] for v in variables], y_pred, losses
 
+    def _check_batch_size(self, model, global_n):
+        """In-graph: shuffled fixed batches must hold ``batch_size`` examples, except the last
+        batch of each pass over the ``num_examples`` examples (``last_size``). Counted from the
+        start of the current fit with the optimizer's step counter (one step per update)."""
+        k = self.steps_per_pass
+        position = tf.math.floormod(
+            tf.cast(model.optimizer.iterations, tf.int64) - self.fit_start, k)
+        expected = tf.where(tf.equal(position, k - 1), tf.constant(self.last_size, tf.int64),
+                            tf.constant(self.batch_size, tf.int64))
+        observed = tf.cast(global_n, tf.int64)
+        return tf.debugging.Assert(tf.equal(observed, expected), [
+            "DPSGD(sampling='shuffle'): `batch_size` must be the size of the batches fit trains "
+            f"on (fixed batches of batch_size, the last of each pass over num_examples="
+            f"{self.num_examples} examples holding {self.last_size}). Declared: batch_size="
+            f"{self.batch_size}. Expected", expected, "at position", position,
+            f"of the pass (0..{k - 1}). Received: a batch of size", observed])
+
     def apply_gradients(self, model, x, y, sample_weight, per_example_loss):
         variables = model.trainable_variables
         n = tf.shape(x)[0]
@@ -140,7 +170,18 @@ class _DPStage(Stage):
                    else tf.cast(tf.reshape(sample_weight, [-1]), tf.float32))
         clipped_sum = (self._clipped_sum_vectorized if self.plan is None
                        else self._clipped_sum_ghost)
-        summed, y_pred, losses = clipped_sum(model, x, y, weights, per_example_loss, variables)
+
+        def nonempty():
+            return clipped_sum(model, x, y, weights, per_example_loss, variables)
+
+        def empty():
+            # A Poisson batch may be empty: the step is noise only (per-example gradients of
+            # zero examples cannot be taken - the Conv2D backprop fails on them).
+            y_pred = model(x, training=True)
+            losses = per_example_loss(y, y_pred) * weights
+            return [tf.zeros(v.shape, tf.float32) for v in variables], y_pred, losses
+
+        summed, y_pred, losses = tf.cond(n > 0, nonempty, empty)
         # Under tf.distribute each replica clips its own examples and Keras sums the replicas'
         # updates, so the noise is drawn on the first replica only (once per global batch) and
         # every replica divides by the global (expected) batch size.
@@ -148,19 +189,53 @@ class _DPStage(Stage):
         distributed = context is not None and context.num_replicas_in_sync > 1
         once = (tf.cast(tf.equal(context.replica_id_in_sync_group, 0), tf.float32)
                 if distributed else 1.0)
+        checks = []
         if self.sampling == "poisson":
             denominator = float(self.batch_size)
         else:
             global_n = context.all_reduce("sum", n) if distributed else n
+            checks.append(self._check_batch_size(model, global_n))
             denominator = tf.cast(tf.maximum(global_n, 1), tf.float32)
         # one draw for all variables (one random op per step, not one per variable)
         sizes = [int(np.prod(v.shape)) for v in variables]
         noise = tf.split(keras.random.normal([sum(sizes)], stddev=self.sigma * self.clip,
                                              seed=self.seed_generator), sizes)
-        updates = [(g + once * tf.reshape(z, v.shape)) / denominator
-                   for g, z, v in zip(summed, noise, variables)]
+        with tf.control_dependencies(checks):  # a wrong batch size fails before the update
+            updates = [(g + once * tf.reshape(z, v.shape)) / denominator
+                       for g, z, v in zip(summed, noise, variables)]
         model.optimizer.apply_gradients(zip(updates, variables))
         return y_pred, losses
+
+
+def _fit_arguments(model) -> dict | None:
+    """The ``x``, ``batch_size`` and ``steps_per_epoch`` arguments of the ``Model.fit`` call
+    that is training ``model``, read from the calling frames (a callback is not given the data
+    ``fit`` trains on); None when no such call is found (then nothing is assumed about the
+    data)."""
+    frame = sys._getframe(1)
+    try:
+        while frame is not None:
+            code = frame.f_code
+            if code.co_name == "fit" and "x" in code.co_varnames[:code.co_argcount]:
+                local = frame.f_locals
+                if local.get("self") is model:
+                    return {name: local.get(name)
+                            for name in ("x", "batch_size", "steps_per_epoch")}
+            frame = frame.f_back
+        return None
+    finally:
+        del frame
+
+
+def _num_rows(x) -> int | None:
+    """The number of examples of array-like ``fit`` inputs (None for datasets, generators)."""
+    if x is None:
+        return None
+    leaves = keras.tree.flatten(x)
+    shapes = [getattr(leaf, "shape", None) for leaf in leaves]
+    if not leaves or any(shape is None or len(shape) == 0 for shape in shapes):
+        return None
+    return int(shapes[0][0])
 
 
 class DPSGD(StageCallback):
@@ -177,10 +252,26 @@ class DPSGD(StageCallback):
     ``clipped_fraction`` of clipped examples. With ``target_epsilon`` training stops (``model.
     stop_training``) after the last step that keeps epsilon within it, and says so.
 
-    Sampling honesty (see ``keras_secure.privacy.accounting``): ``sampling="poisson"`` assumes
-    Poisson-sampled batches - train on :func:`keras_secure.privacy.poisson_batches`;
-    ``"shuffle"`` accounts ordinary shuffled fixed-size batches without claiming subsampling
-    amplification (a valid, larger epsilon).
+    The accounting must match how ``fit`` really makes the batches; DPSGD checks it before the
+    first step is applied (see ``sampling``):
+
+    - ``sampling="poisson"`` (the default) accepts only a dataset returned by
+      :func:`keras_secure.privacy.poisson_batches` (passed to ``fit`` as ``x``, untransformed),
+      whose ``num_examples`` and expected ``batch_size`` must equal the declared ones. Anything
+      else (arrays, another ``tf.data.Dataset``) is refused at the start of ``fit`` with a
+      ``ValueError`` naming both ways out: train on ``poisson_batches``, or declare
+      ``sampling="shuffle"``.
+    - ``sampling="shuffle"`` accounts ordinary shuffled fixed-size batches without claiming
+      subsampling amplification (a valid, larger epsilon). A ``poisson_batches`` dataset is
+      refused. Array inputs must hold ``num_examples`` examples and ``fit``'s ``batch_size``
+      must equal the declared one (``ValueError`` at the start of ``fit``); for any input, each
+      step checks in the graph that its batch holds ``batch_size`` examples (the last batch of
+      each pass over the data: ``num_examples - (ceil(N / batch_size) - 1) * batch_size``),
+      else the step fails before its update with ``tf.errors.InvalidArgumentError``.
+
+    A Poisson batch may be empty: that step applies noise only (divided by the expected batch
+    size, like every Poisson step) and adds nothing to the ``loss``, metric and
+    ``clipped_fraction`` logs (weight 0; an epoch whose batches were all empty logs 0).
 
     Under ``tf.distribute`` (e.g. ``MirroredStrategy``) each replica clips its own examples and
     the noise is drawn once per global batch (on the first replica), so the update has the same
@@ -195,10 +286,13 @@ class DPSGD(StageCallback):
         num_examples: training-set size N (needed by the accountant).
         batch_size: the (expected) batch size, 1..N.
         delta: in (0, 1), typically < 1 / N.
-        target_epsilon: stop before epsilon exceeds it; None trains all epochs. Defaults to
-            None.
+        target_epsilon: stop before epsilon exceeds it; None trains all epochs. A budget that
+            does not allow a single step is refused at the start of ``fit``. Defaults to None.
         accountant: ``"rdp"`` or ``"pld"``. Defaults to ``"rdp"``.
-        sampling: ``"poisson"`` or ``"shuffle"``. Defaults to ``"poisson"``.
+        sampling: how the batches are made: ``"poisson"`` (by
+            :func:`keras_secure.privacy.poisson_batches`; Poisson-subsampled accounting) or
+            ``"shuffle"`` (fixed-size batches, each example once per pass; no amplification).
+            Checked against the data ``fit`` trains on. Defaults to ``"poisson"``.
         clipping: how per-example gradient norms are obtained. ``"ghost"``: from one batched
             forward/backward pass without materializing per-example gradients (Dense, Conv2D
             and Embedding exactly; other single-input leaf layers by per-example gradients of
@@ -212,12 +306,19 @@ class DPSGD(StageCallback):
 
     Raises:
         ValueError / TypeError: for arguments out of range; at ``fit``, for BatchNormalization,
-            loss scaling, or a second gradient stage.
+            loss scaling, a second gradient stage, data that does not match ``sampling``,
+            ``num_examples`` or ``batch_size``, ``target_epsilon`` smaller than one step (or
+            already spent), or ``target_epsilon`` with ``steps_per_execution > 1``.
+        tf.errors.InvalidArgumentError: at a step, for a fixed batch whose size is not the
+            declared ``batch_size`` (``sampling="shuffle"``), before its update.
 
     Example:
         >>> ds, steps = ks.privacy.poisson_batches(x, y, batch_size=64, seed=0)
         >>> model.fit(ds, steps_per_epoch=steps, epochs=20, callbacks=[ks.callbacks.DPSGD(
         ...     1.0, 1.1, num_examples=len(x), batch_size=64, delta=1e-5, target_epsilon=3.0)])
+        >>> # ordinary shuffled batches: declare them (a larger, honest epsilon)
+        >>> model.fit(x, y, batch_size=64, epochs=20, callbacks=[ks.callbacks.DPSGD(
+        ...     1.0, 1.1, num_examples=len(x), batch_size=64, delta=1e-5, sampling="shuffle")])
 
     References:
         Abadi et al. (2016), "Deep Learning with Differential Privacy", CCS; Mironov, Talwar &
@@ -244,31 +345,142 @@ class DPSGD(StageCallback):
         if self.target_epsilon is not None and self.noise_multiplier == 0:
             raise ValueError("`target_epsilon` cannot be met without noise. "
                              "Received: noise_multiplier=0")
-        self.steps_done = 0
+        self.steps_done = 0  # DP steps applied with this callback, over all fits
+        self.passes_done = 0  # "shuffle": passes over the data those steps touched
         self.max_steps = None
+        self._fit = None  # (optimizer.iterations, steps_done, passes_done) at the fit's start
+        self._fit_max_steps = None  # steps the budget allows in the current fit
         super().__init__(_DPStage(self.l2_norm_clip, self.noise_multiplier, self.sampling,
-                                  self.batch_size, self.clipping, seed))
+                                  self.batch_size, self.num_examples, self.clipping, seed))
+
+    @property
+    def steps_per_pass(self) -> int:
+        """``ceil(num_examples / batch_size)``: fixed-size batches per pass over the data."""
+        return self.stage.steps_per_pass
 
     def epsilon(self, steps: int | None = None) -> float:
-        """Epsilon at ``delta`` after ``steps`` steps (default: the steps trained so far)."""
-        steps = self.steps_done if steps is None else steps
+        """Epsilon at ``delta``.
+
+        Args:
+            steps: a number of steps of one run from the start (for ``"shuffle"``, of
+                ``ceil(steps / steps_per_pass)`` passes). None: what was trained so far with
+                this callback (for ``"shuffle"``: the passes over the data its fits touched; a
+                fit starts a new pass). Defaults to None.
+
+        Returns:
+            Epsilon (``inf`` for a noise multiplier of 0 after at least one step).
+
+        Example:
+            >>> dp.epsilon(), dp.epsilon(steps=1000)
+        """
+        if steps is None:
+            steps = (self.passes_done * self.steps_per_pass if self.sampling == "shuffle"
+                     else self.steps_done)
         if self.noise_multiplier == 0:
             return math.inf if steps else 0.0
         return compute_epsilon(self.noise_multiplier, self.num_examples, self.batch_size,
                                steps=steps, delta=self.delta, sampling=self.sampling,
                                accountant=self.accountant)
 
+    # -- before the first step: the data and the budget ----------------------------------------
+    def _check_data(self, fit):
+        x = None if fit is None else fit["x"]
+        source = poisson_sampling_of(x)
+        declared = (f"DPSGD(num_examples={self.num_examples}, batch_size={self.batch_size}, "
+                    f"sampling={self.sampling!r})")
+        if self.sampling == "poisson":
+            if source is None:
+                what = ("data that could not be identified (no Model.fit call found)"
+                        if fit is None else f"{type(x).__name__} data")
+                raise ValueError(
+                    f"{declared} accounts Poisson-sampled batches, but fit is training on "
+                    f"{what}, which is not known to be Poisson-sampled: claiming the Poisson "
+                    "epsilon for it would overstate the privacy. Either make the batches with "
+                    f"keras_secure.privacy.poisson_batches(x, y, batch_size={self.batch_size}) "
+                    "and pass that dataset (untransformed) to fit with steps_per_epoch, or "
+                    "declare sampling='shuffle' to account shuffled fixed-size batches (no "
+                    "subsampling amplification: a larger epsilon). "
+                    f"Received: sampling='poisson', x={type(x).__name__}")
+            for name, observed in (("num_examples", source.num_examples),
+                                   ("batch_size", source.batch_size)):
+                if getattr(self, name) != observed:
+                    raise ValueError(
+                        f"`{name}` must be the one of the poisson_batches dataset fit trains "
+                        f"on ({observed}). Received: {name}={getattr(self, name)}")
+            return
+        if source is not None:
+            raise ValueError(
+                f"{declared} accounts fixed-size batches, but fit is training on a "
+                "poisson_batches dataset (variable batches, an example may join several "
+                "batches of a pass). Declare sampling='poisson' for it. "
+                "Received: sampling='shuffle'")
+        rows = _num_rows(x)
+        if rows is not None and rows != self.num_examples:
+            raise ValueError(
+                "`num_examples` must be the number of examples fit trains on "
+                f"({rows}). Received: num_examples={self.num_examples}")
+        if rows is not None:
+            batch = fit["batch_size"]
+            if batch is None and fit["steps_per_epoch"] is None:
+                batch = 32  # Keras' default for arrays
+            if isinstance(batch, int) and min(batch, rows) != self.batch_size:
+                raise ValueError(
+                    "`batch_size` must be the size of the batches fit trains on "
+                    f"(fit(batch_size={fit['batch_size']}) makes batches of "
+                    f"{min(batch, rows)}). Received: batch_size={self.batch_size}")
+
+    def _budget(self):
+        """Steps the budget allows in this fit (None: no budget); raises if not one."""
+        if self.target_epsilon is None:
+            return None
+        if getattr(self.model, "steps_per_execution", 1) > 1:
+            raise ValueError(
+                "DPSGD with `target_epsilon` stops training between train-function calls; "
+                "with several steps per call it could overrun the budget. Compile with "
+                "steps_per_execution=1. Received: steps_per_execution="
+                f"{self.model.steps_per_execution}")
+        self.max_steps = max_steps_within(
+            self.target_epsilon, self.noise_multiplier, self.num_examples, self.batch_size,
+            delta=self.delta, sampling=self.sampling, accountant=self.accountant)
+        if self.max_steps == 0:
+            raise ValueError(
+                f"`target_epsilon` is below the epsilon of a single DP-SGD step: one step "
+                f"(noise_multiplier={self.noise_multiplier:g}, num_examples="
+                f"{self.num_examples}, batch_size={self.batch_size}, sampling="
+                f"{self.sampling!r}) costs epsilon {self.epsilon(1):.4g} at delta="
+                f"{self.delta:g}, so no step can be trained. Raise noise_multiplier "
+                "(keras_secure.privacy.noise_multiplier_for calibrates it) or target_epsilon. "
+                f"Received: target_epsilon={self.target_epsilon:g}")
+        if self.sampling == "shuffle":
+            allowed = (self.max_steps // self.steps_per_pass - self.passes_done) * \
+                self.steps_per_pass
+        else:
+            allowed = self.max_steps - self.steps_done
+        if allowed <= 0:
+            raise ValueError(
+                f"The privacy budget of this DPSGD callback is spent: epsilon is already "
+                f"{self.epsilon():.4g} at delta={self.delta:g} after {self.steps_done} steps, "
+                "and one more step would exceed it. Use a new callback only for a new "
+                f"training run. Received: target_epsilon={self.target_epsilon:g}")
+        return allowed
+
     def on_train_begin(self, logs=None):
-        if self.target_epsilon is not None:
-            self.max_steps = max_steps_within(
-                self.target_epsilon, self.noise_multiplier, self.num_examples, self.batch_size,
-                delta=self.delta, sampling=self.sampling, accountant=self.accountant)
-            if self.steps_done >= self.max_steps:
-                self.model.stop_training = True
+        self._check_data(_fit_arguments(self.model))
+        self._fit_max_steps = self._budget()
+        iterations = int(self.model.optimizer.iterations.numpy())
+        self.stage.fit_start.assign(iterations)
+        self._fit = (iterations, self.steps_done, self.passes_done)
+
+    def _update_counts(self):
+        iterations, steps, passes = self._fit
+        fit_steps = int(self.model.optimizer.iterations.numpy()) - iterations
+        self.steps_done = steps + fit_steps
+        self.passes_done = passes + math.ceil(fit_steps / self.steps_per_pass)
+        return fit_steps
 
     def on_train_batch_end(self, batch, logs=None):
-        self.steps_done += 1
-        if self.max_steps is not None and self.steps_done >= self.max_steps:
+        fit_steps = self._update_counts()
+        if self._fit_max_steps is not None and fit_steps >= self._fit_max_steps:
             if not self.model.stop_training:
                 print(f"DPSGD: stopping after {self.steps_done} steps: one more step would "
                       f"exceed target_epsilon={self.target_epsilon} (epsilon now "
@@ -276,5 +488,6 @@ class DPSGD(StageCallback):
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
+        self._update_counts()
         if logs is not None:
             logs["epsilon"] = self.epsilon()

@@ -9,8 +9,8 @@ from keras_secure.privacy.accounting import (
     noise_multiplier_for,
 )
 from keras_secure.privacy.audit import MembershipAudit, advantage_bound, audit_membership
-from keras_secure.privacy.data import poisson_batches
+from keras_secure.privacy.data import PoissonSampling, poisson_batches, poisson_sampling_of
 
-__all__ = ["MembershipAudit", "advantage_bound", "audit_membership", "compute_epsilon",
-           "dp_sgd_event", "make_accountant", "max_steps_within", "noise_multiplier_for",
-           "poisson_batches"]
+__all__ = ["MembershipAudit", "PoissonSampling", "advantage_bound", "audit_membership",
+           "compute_epsilon", "dp_sgd_event", "make_accountant", "max_steps_within",
+           "noise_multiplier_for", "poisson_batches", "poisson_sampling_of"]

@@ -200,8 +200,11 @@ class TrainingHook:
             y_pred, losses = gradient[0].apply_gradients(self.model, x, y, sample_weight,
                                                          self.per_example_loss)
             tracker = getattr(self.model, "_loss_tracker", None)  # Keras' "loss" log
-            if tracker is not None:
-                tracker.update_state(tf.reduce_mean(losses), sample_weight=tf.shape(losses)[0])
+            if tracker is not None:  # weighted by the batch size: an empty batch adds nothing
+                count = tf.shape(losses)[0]
+                tracker.update_state(
+                    tf.math.divide_no_nan(tf.reduce_sum(losses), tf.cast(count, losses.dtype)),
+                    sample_weight=count)
             logs = self.model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         else:
             data = (x, y) if sample_weight is None else (x, y, sample_weight)
