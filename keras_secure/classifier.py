@@ -234,6 +234,16 @@ def check_labels(y, num_classes: int, n: int | None = None, name: str = "y") -> 
     return arr.astype(np.int32)
 
 
+def labels_from_logits(logits) -> tf.Tensor:
+    """Predicted classes (int32) from logits of :meth:`Classifier.logits` (or any class scores
+    with ``k >= 2`` columns, such as Q-values): the arg-max, first index on ties. Traceable.
+
+    Example:
+        >>> labels_from_logits(tf.constant([[0.0, 2.0], [1.0, -1.0]]))   # [1, 0]
+    """
+    return tf.argmax(logits, axis=-1, output_type=tf.int32)
+
+
 # --------------------------------------------------------------------------------------------
 # Reading a model's structure
 # --------------------------------------------------------------------------------------------
@@ -602,7 +612,7 @@ class Classifier:
         if outputs.shape[-1] == 1:
             threshold = 0.5 if self.kind == "binary_probability" else 0.0
             return tf.cast(outputs[:, 0] > threshold, tf.int32)
-        return tf.argmax(outputs, axis=-1, output_type=tf.int32)
+        return labels_from_logits(outputs)
 
     def predict_labels(self, x, batch_size: int = 256, verbose=0) -> np.ndarray:
         """Predicted labels of the model as deployed, batched, as int32 ``(n,)``.

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_secure.classifier import as_classifier
+from keras_secure.classifier import as_classifier, labels_from_logits
 from keras_secure.validation import (  # noqa: F401  (re-exported)
     check_bool,
     check_choice,
@@ -174,7 +174,7 @@ def objective(logits: tf.Tensor, y: tf.Tensor, loss: str, targeted: bool) -> tf.
 
 def is_adversarial(logits: tf.Tensor, y: tf.Tensor, targeted: bool) -> tf.Tensor:
     """Per-example success: prediction != label (untargeted) or == target (targeted)."""
-    pred = tf.argmax(logits, axis=-1, output_type=y.dtype)
+    pred = tf.cast(labels_from_logits(logits), y.dtype)
     return tf.equal(pred, y) if targeted else tf.not_equal(pred, y)
 
 

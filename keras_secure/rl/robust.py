@@ -74,6 +74,7 @@ from tf_agents.specs import distribution_spec, tensor_spec  # noqa: E402
 
 from keras_secure.attacks.base import check_choice, check_number, margin  # noqa: E402
 from keras_secure.attacks.pgd import PGD  # noqa: E402
+from keras_secure.classifier import labels_from_logits  # noqa: E402
 from keras_secure.training.losses import kl_adversary, kl_divergence  # noqa: E402
 from keras_secure.rl.tf_agents import network_scores, to_tf_agents  # noqa: E402
 from keras_secure.rl.wrappers import AdversarialObservation, ObservationNoise  # noqa: E402
@@ -134,7 +135,7 @@ class SADqnAgent(dqn_agent.DqnAgent):
         def scores(obs, training=False):
             return self._q_network(obs, training=training)[0]
 
-        greedy = tf.stop_gradient(tf.argmax(scores(observations), axis=-1, output_type=tf.int32))
+        greedy = tf.stop_gradient(labels_from_logits(scores(observations)))
         adversarial = tf.stop_gradient(self._sa_attack.perturb(scores, observations, greedy))
         # attacks.base.margin is Q(s_adv, a*) - max_{a != a*} Q(s_adv, a): the SA margin negated
         q = scores(adversarial, training=training)

@@ -24,7 +24,8 @@ from tf_agents.specs import array_spec
 from tf_agents.trajectories import time_step as ts
 from tf_agents.utils import common
 
-from keras_secure.attacks.base import check_number, logits_function
+from keras_secure.classifier import as_classifier, labels_from_logits
+from keras_secure.validation import check_number
 from keras_secure.rl.wrappers import _check_untargeted_attack
 
 
@@ -345,7 +346,8 @@ class PolicyDeviationMetric(tf_metric.TFStepMetric):
         super().__init__(name=name, prefix=prefix)
         if isinstance(scores, tf_agents_network.Network):
             scores = network_scores(scores)
-        self._scores = logits_function(scores)
+        # action scores (Q-values or logits), read as logits by the classifier contract
+        self._scores = as_classifier(scores, from_logits=True).logits
         self.attack = attack
         self._changed = common.create_variable("changed", 0, dtype=tf.int64)
         self._total = common.create_variable("total", 0, dtype=tf.int64)
@@ -359,9 +361,9 @@ class PolicyDeviationMetric(tf_metric.TFStepMetric):
         obs = tf.cast(trajectory.observation, tf.float32)
         obs = tf.reshape(obs, [-1, *obs.shape[outer:]])  # outer (batch, time) dims flattened
         valid = tf.reshape(~trajectory.is_boundary(), [-1])
-        greedy = tf.argmax(self._scores(obs), axis=-1, output_type=tf.int32)
+        greedy = labels_from_logits(self._scores(obs))
         adversarial = self.attack.perturb(self._scores, obs, greedy)
-        attacked = tf.argmax(self._scores(adversarial), axis=-1, output_type=tf.int32)
+        attacked = labels_from_logits(self._scores(adversarial))
         self._changed.assign_add(tf.reduce_sum(tf.cast(valid & (attacked != greedy), tf.int64)))
         self._total.assign_add(tf.reduce_sum(tf.cast(valid, tf.int64)))
         return trajectory

@@ -375,13 +375,15 @@ def _single_observation_attack(policy_fn, attack, space):
     per-call validation of ``Attack.__call__`` is not repeated on every step)."""
     import tensorflow as tf
 
-    from keras_secure.attacks.base import logits_function
+    from keras_secure.classifier import as_classifier, labels_from_logits
 
-    logits_fn = logits_function(policy_fn)
+    # Action scores (Q-values or logits), declared as such: scores that happen to lie in
+    # [0, 1] are not class probabilities.
+    logits_fn = as_classifier(policy_fn, from_logits=True).logits
 
     @tf.function(input_signature=[tf.TensorSpec((1, *space.shape), tf.float32)])
     def perturb(x):
-        greedy = tf.argmax(logits_fn(x), axis=-1, output_type=tf.int32)
+        greedy = labels_from_logits(logits_fn(x))
         return attack.perturb(logits_fn, x, greedy)
 
     return perturb
