@@ -11,6 +11,7 @@ from keras_secure.attacks.base import (
     clip_to_range,
     per_example_norm,
 )
+from keras_secure.classifier import labels_from_logits
 
 
 class DeepFool(Attack):
@@ -91,7 +92,7 @@ class DeepFool(Attack):
                 logits = logits_fn(x_adv)
                 z = tf.gather(logits, candidates, batch_dims=1)
             jac = tape.batch_jacobian(z, x_adv)  # (n, k, ...)
-            active = active & tf.equal(tf.argmax(logits, -1, output_type=tf.int32), original)
+            active = active & tf.equal(labels_from_logits(logits), original)
             if not tf.reduce_any(active):
                 break
             f = z[:, 1:] - z[:, :1]
@@ -107,7 +108,7 @@ class DeepFool(Attack):
             r_total = r_total + tf.where(batch_mask(active, x), r_i, tf.zeros_like(r_i))
 
         x_adv = clip_to_range(x + scale * r_total, self.value_range)
-        fooled = tf.not_equal(tf.argmax(logits_fn(x_adv), -1, output_type=tf.int32), original)
+        fooled = tf.not_equal(labels_from_logits(logits_fn(x_adv)), original)
         fooled = fooled & tf.equal(original, y)
         if self.eps is not None:
             fooled = fooled & (per_example_norm(x_adv - x, "l2") <= self.eps)
