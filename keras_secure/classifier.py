@@ -167,7 +167,8 @@ def as_arrays(x, y=None, *, name: str = "x"):
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def check_labels(y, num_classes: int, n: int | None = None, name: str = "y") -> np.ndarray:
+def check_labels(y, num_classes: int, n: int | None = None, name: str = "y",
+                 x_name: str = "x") -> np.ndarray:
     """Validate class labels and return them as int32 of shape ``(n,)``.
 
     Accepted: integer labels ``(n,)`` or ``(n, 1)`` (as ``keras.datasets`` returns them),
@@ -178,6 +179,7 @@ def check_labels(y, num_classes: int, n: int | None = None, name: str = "y") -> 
         num_classes: number of classes of the model (2 for a single-output binary model).
         n: the number of inputs the labels belong to, or None.
         name: the argument's name in error messages. Defaults to ``"y"``.
+        x_name: the name of the inputs in the length message. Defaults to ``"x"``.
 
     Returns:
         int32 labels of shape ``(n,)`` in ``[0, num_classes)``.
@@ -217,8 +219,8 @@ def check_labels(y, num_classes: int, n: int | None = None, name: str = "y") -> 
             f"(n, {num_classes}) (the model has {num_classes} classes). "
             f"Received: {name}.shape={arr.shape}")
     if n is not None and arr.shape[0] != n:
-        raise ValueError(f"`x` and `{name}` must have the same number of examples. Received: "
-                         f"x has {n}, {name} has {arr.shape[0]}")
+        raise ValueError(f"`{x_name}` and `{name}` must have the same number of examples. "
+                         f"Received: {x_name} has {n}, {name} has {arr.shape[0]}")
     if np.issubdtype(arr.dtype, np.floating):
         if not np.isfinite(arr).all():
             raise ValueError(f"`{name}` must hold class labels, not NaN or inf. Received: "
@@ -458,6 +460,7 @@ class Classifier:
         self.kind = self._declare(head, from_logits)
         self._output_note = head.description
         self._predict_fn = None
+        self._log_probability_fn = None
 
     # -- kinds ----------------------------------------------------------------------------------
     def _static_columns(self):
@@ -585,7 +588,8 @@ class Classifier:
                 not self._structural and self.from_logits is None):
             sample = tf.cast(tf.convert_to_tensor(arr[:256]), tf.float32)
             self._resolve(self._call(sample).numpy())
-        labels = None if y is None else check_labels(y, self.num_classes, arr.shape[0], y_name)
+        labels = None if y is None else check_labels(y, self.num_classes, arr.shape[0], y_name,
+                                                     name)
         return arr, labels
 
     # -- the model as deployed ------------------------------------------------------------------
@@ -646,6 +650,33 @@ class Classifier:
 
     def _predict_batch(self, x):
         return self.labels_from_outputs(self.outputs(x))
+
+    def _log_probability_batch(self, x):
+        return self.log_probabilities(self.outputs(x))
+
+    def predict_log_probabilities(self, x, batch_size: int = 256) -> np.ndarray:
+        """Log class probabilities ``(n, max(k, 2))`` of the model as deployed, batched: valid
+        logits for any output kind (logits, softmax, one sigmoid unit, one logit), for audits
+        that score the model's confidence (e.g. membership inference).
+
+        Args:
+            x: inputs ``(n, ...)`` (validated: finite, model's input shape).
+            batch_size: examples per forward pass, >= 1. Defaults to 256.
+
+        Returns:
+            float32 NumPy array.
+
+        Example:
+            >>> clf.predict_log_probabilities(x_test)[:2]
+        """
+        batch_size = check_number("batch_size", batch_size, low=1, integer=True)
+        arr, _ = self.check(x)
+        if self._log_probability_fn is None:
+            self._log_probability_fn = tf.function(
+                functools.partial(Classifier._log_probability_batch, self), reduce_retracing=True)
+        return np.concatenate([
+            self._log_probability_fn(tf.cast(arr[i:i + batch_size], tf.float32)).numpy()
+            for i in range(0, arr.shape[0], batch_size)])
 
     def check_labels(self, y, n: int | None = None, name: str = "y") -> np.ndarray:
         """:func:`check_labels` with this model's number of classes."""

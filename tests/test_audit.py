@@ -73,7 +73,7 @@ def test_audit_rejects_bad_input(overfit):
         audit_membership(model, train, test, attacks="threshold")
     with pytest.raises(TypeError, match="train"):
         audit_membership(model, train[0], test)
-    with pytest.raises(ValueError, match="one label per input"):
+    with pytest.raises(ValueError, match="`test.0.` and `test.1.` must have the same number"):
         audit_membership(model, train, (test[0], test[1][:10]))
     with pytest.raises(ValueError, match="batch_size"):
         audit_membership(model, train, test, batch_size=0)

@@ -17,9 +17,9 @@ import sys
 import warnings
 
 import numpy as np
-import tensorflow as tf
 
-from keras_secure.attacks.base import check_number, logits_function
+from keras_secure.classifier import as_classifier
+from keras_secure.validation import check_number
 
 ATTACK_TYPES = {
     "threshold": "THRESHOLD_ATTACK",
@@ -158,28 +158,10 @@ def advantage_bound(epsilon: float, delta: float) -> float | None:
     return min(1.0, (math.expm1(epsilon) + 2 * delta) / (math.exp(epsilon) + 1))
 
 
-def _labels(y, name: str, n: int) -> np.ndarray:
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] > 1:
-        y = y.argmax(axis=1)
-    y = y.reshape(-1)
-    if y.shape[0] != n:
-        raise ValueError(f"`{name}` must hold one label per input: {n} inputs, "
-                         f"{y.shape[0]} labels received.")
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.equal(np.mod(y, 1), 0)):
-            raise TypeError(f"`{name}` must hold integer class labels or one-hot rows.")
-        y = y.astype(np.int64)
-    return y
-
-
 def _split(data, name: str):
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise TypeError(f"`{name}` must be a pair (x, y). Received: {type(data).__name__}")
-    x = np.asarray(data[0], dtype=np.float32)
-    if x.shape[0] == 0:
-        raise ValueError(f"`{name}` is empty.")
-    return x, _labels(data[1], f"{name}[1]", x.shape[0])
+    return data
 
 
 def audit_membership(model, train, test, *, attacks=DEFAULT_ATTACKS, batch_size: int = 256,
@@ -195,10 +177,11 @@ def audit_membership(model, train, test, *, attacks=DEFAULT_ATTACKS, batch_size:
     :func:`advantage_bound`, a check that is only sharp with many audited examples.
 
     Args:
-        model: a Keras classifier (logits or softmax output; the softmax is undone with
-            :func:`keras_secure.attacks.logits_function`) or a callable returning logits.
-        train: ``(x_train, y_train)``, examples the model was trained on. Labels are integer
-            classes or one-hot rows.
+        model: a Keras classifier, read through the classifier contract
+            (:class:`keras_secure.Classifier`: logits, softmax, one sigmoid unit or one logit;
+            its log class probabilities are what TF Privacy's attacks score), or a Classifier.
+        train: ``(x_train, y_train)``, examples the model was trained on. Labels ``(n,)``,
+            ``(n, 1)`` or one-hot rows; inputs finite.
         test: ``(x_test, y_test)``, examples it never saw, from the same distribution.
         attacks: names among ``"threshold"``, ``"threshold_entropy"``,
             ``"logistic_regression"``, ``"mlp"``, ``"random_forest"``, ``"knn"``. Defaults to
@@ -232,18 +215,17 @@ def audit_membership(model, train, test, *, attacks=DEFAULT_ATTACKS, batch_size:
         raise ValueError(f"`attacks` must be a non-empty subset of {sorted(ATTACK_TYPES)}. "
                          f"Received: {attacks!r}")
     batch_size = check_number("batch_size", batch_size, low=1, integer=True)
-    x_train, y_train = _split(train, "train")
-    x_test, y_test = _split(test, "test")
-    logits_fn = logits_function(model)
-    predict = tf.function(logits_fn, reduce_retracing=True)
+    clf = as_classifier(model)
+    x_train, y_train = clf.check(*_split(train, "train"), name="train[0]", y_name="train[1]")
+    x_test, y_test = clf.check(*_split(test, "test"), name="test[0]", y_name="test[1]")
 
-    def logits(x):
-        return np.concatenate([predict(tf.constant(x[i:i + batch_size])).numpy()
-                               for i in range(0, x.shape[0], batch_size)]).astype(np.float64)
+    def logits(x):  # log-probabilities: logits of every output kind (classifier contract)
+        return clf.predict_log_probabilities(x, batch_size).astype(np.float64)
 
     mia, ds = _tf_privacy_mia()
     attack_input = ds.AttackInputData(logits_train=logits(x_train), logits_test=logits(x_test),
-                                      labels_train=y_train, labels_test=y_test)
+                                      labels_train=y_train.astype(np.int64),
+                                      labels_test=y_test.astype(np.int64))
     types = [getattr(ds.AttackType, ATTACK_TYPES[a]) for a in attacks]
     state = np.random.get_state() if seed is not None else None
     try:
