@@ -1,132 +1,193 @@
 """The ``keras-secure`` command.
 
 ``keras-secure demo [--quick]`` runs the library's story end to end on data that ships with the
-install and writes a report; ``keras-secure evaluate MODEL.keras --data FILE.npz`` prints the
-robustness table of a saved model.
+install and writes a report; ``keras-secure evaluate MODEL.keras --data FILE.npz --eps EPS``
+prints the robustness table of a saved model.
+
+The console script starts in :mod:`keras_secure_cli`, outside this package, so that ``--help``
+and ``--version`` answer without importing TensorFlow; it parses the arguments, runs the checks
+that need no model, and then calls :func:`run` here. :func:`main` is the same command for use
+in-process: ``keras_secure.cli.main(["evaluate", "model.keras", "--data", ...])``.
+
+Importing this module imports ``keras_secure``, which registers its serializable layers: a
+``.keras`` file with keras_secure layers loads only after that import.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
+import json
+import re
 import sys
+import zipfile
 
-EVALUATE_ATTACKS = ("fgsm", "pgd", "mifgsm", "apgd", "square", "cw", "deepfool")
+import keras_secure_cli as _front
+from keras_secure_cli import UsageError
 
+EVALUATE_ATTACKS = _front.EVALUATE_ATTACKS
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="keras-secure",
-        description="Attack, defend and measure Keras models (keras_secure).")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    demo = sub.add_parser("demo", help="run the end-to-end demo and write a report")
-    demo.add_argument("--quick", action="store_true",
-                      help="small budgets: under 2 minutes on 2 CPU cores")
-    demo.add_argument("--output", default="keras_secure_report",
-                      help="directory for report.md, results.json and plots "
-                           "(default: %(default)s)")
-    demo.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
-
-    ev = sub.add_parser("evaluate", help="robustness table of a saved .keras model")
-    ev.add_argument("model", help="path of a .keras model that outputs logits (or softmax)")
-    ev.add_argument("--data", required=True,
-                    help="a .npz file with arrays `x` (inputs) and `y` (integer labels)")
-    ev.add_argument("--attacks", default="fgsm,pgd,cw",
-                    help=f"comma-separated subset of {','.join(EVALUATE_ATTACKS)} "
-                         "(default: %(default)s)")
-    ev.add_argument("--eps", type=float, required=True,
-                    help="L-inf budget of fgsm/pgd/mifgsm/apgd/square, in input units")
-    ev.add_argument("--l2-eps", type=float, default=None,
-                    help="L2 budget of cw/deepfool (default: unbounded minimal-norm attacks)")
-    ev.add_argument("--value-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
-                    help="valid input range, e.g. 0 1 (required by cw)")
-    ev.add_argument("--steps", type=int, default=20, help="iterations of iterative attacks")
-    ev.add_argument("--batch-size", type=int, default=256)
-    ev.add_argument("--max-samples", type=int, default=None,
-                    help="evaluate only the first N examples")
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--output", default=None, help="also write the report as JSON here")
-    return parser
-
-
-def _build_attacks(names, args):
-    from keras_secure import attacks as A
-
-    vr = tuple(args.value_range) if args.value_range else None
-    built = []
-    for name in names:
-        if name == "fgsm":
-            built.append(A.FGSM(args.eps, value_range=vr))
-        elif name == "pgd":
-            built.append(A.PGD(args.eps, steps=args.steps, value_range=vr, seed=args.seed))
-        elif name == "mifgsm":
-            built.append(A.MIFGSM(args.eps, steps=args.steps, value_range=vr))
-        elif name == "apgd":
-            built.append(A.APGD(args.eps, steps=max(args.steps, 10), value_range=vr,
-                                seed=args.seed))
-        elif name == "square":
-            built.append(A.Square(args.eps, queries=50 * args.steps, value_range=vr,
-                                  seed=args.seed))
-        elif name == "cw":
-            built.append(A.CarliniWagnerL2(value_range=vr, eps=args.l2_eps,
-                                           steps=5 * args.steps))
-        elif name == "deepfool":
-            built.append(A.DeepFool(value_range=vr, eps=args.l2_eps, steps=args.steps))
-    return built
-
-
-def _evaluate(args) -> int:
-    import numpy as np
-
-    names = [n.strip().lower() for n in args.attacks.split(",") if n.strip()]
-    unknown = [n for n in names if n not in EVALUATE_ATTACKS]
-    if not names or unknown:
-        raise SystemExit(f"keras-secure evaluate: error: --attacks must name some of "
-                         f"{','.join(EVALUATE_ATTACKS)}; received {args.attacks!r}")
-    if not os.path.exists(args.data):
-        raise SystemExit(f"keras-secure evaluate: error: --data {args.data!r} does not exist")
-    with np.load(args.data) as data:
-        missing = [k for k in ("x", "y") if k not in data]
-        if missing:
-            raise SystemExit(f"keras-secure evaluate: error: {args.data!r} lacks arrays "
-                             f"{missing}; it has {sorted(data.keys())}")
-        x, y = data["x"], data["y"]
-    if args.max_samples is not None:
-        x, y = x[:args.max_samples], y[:args.max_samples]
-    try:
-        attack_list = _build_attacks(names, args)
-    except (TypeError, ValueError) as err:
-        raise SystemExit(f"keras-secure evaluate: error: {err}") from None
-
-    import keras
-
-    import keras_secure  # noqa: F401  (registers serializable objects)
-    from keras_secure.evaluation import evaluate_robustness
-
-    model = keras.saving.load_model(args.model)
-    report = evaluate_robustness(model, x, y, attack_list, batch_size=args.batch_size,
-                                 verbose=True)
-    print(report.table(full=True))
-    if args.output:
-        report.to_json(args.output)
-        print(f"report written to {args.output}")
-    return 0
+__all__ = ["EVALUATE_ATTACKS", "build_attacks", "main", "run"]
 
 
 def main(argv=None) -> int:
-    """Entry point of the ``keras-secure`` console script."""
-    args = _parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Run ``keras-secure`` with ``argv`` (the arguments without the program name).
+
+    Returns 0 on success; a user mistake prints one line to stderr and raises
+    ``SystemExit(2)`` (see :func:`keras_secure_cli.main`).
+
+    Example:
+        >>> main(["evaluate", "model.keras", "--data", "test.npz", "--eps", "0.03",
+        ...       "--value-range", "0", "1", "--output", "report.json"])
+    """
+    return _front.main(argv)
+
+
+def run(args, data=None) -> int:
+    """Run a parsed command; ``data`` is the checked ``(x, y)`` of ``evaluate``."""
     if args.command == "demo":
-        import tensorflow as tf
+        return _demo(args)
+    return _evaluate(args, *data)
 
-        from keras_secure.demo import run_demo
 
-        tf.get_logger().setLevel("ERROR")
-        run_demo(quick=args.quick, seed=args.seed, output_dir=args.output)
-        return 0
-    return _evaluate(args)
+def _demo(args) -> int:
+    import tensorflow as tf
+
+    from keras_secure.demo import run_demo
+
+    tf.get_logger().setLevel("ERROR")
+    run_demo(quick=args.quick, seed=args.seed, output_dir=args.output)
+    return 0
+
+
+def build_attacks(names, args) -> list:
+    """The configured attacks of ``keras-secure evaluate`` (``args`` as parsed)."""
+    from keras_secure import attacks as A
+
+    vr = tuple(args.value_range) if args.value_range else None
+    seed = args.seed
+    built = []
+    for name in names:
+        if name == "fgsm":
+            built.append(A.FGSM(args.eps, value_range=vr, seed=seed))
+        elif name == "pgd":
+            built.append(A.PGD(args.eps, steps=args.steps, value_range=vr, seed=seed))
+        elif name == "mifgsm":
+            built.append(A.MIFGSM(args.eps, steps=args.steps, value_range=vr, seed=seed))
+        elif name == "apgd":
+            built.append(A.APGD(args.eps, steps=max(args.steps, 10), value_range=vr, seed=seed))
+        elif name == "square":
+            built.append(A.Square(args.eps, queries=50 * args.steps, value_range=vr, seed=seed))
+        elif name == "cw":
+            built.append(A.CarliniWagnerL2(value_range=vr, eps=args.l2_eps,
+                                           steps=5 * args.steps, seed=seed))
+        elif name == "deepfool":
+            built.append(A.DeepFool(value_range=vr, eps=args.l2_eps, steps=args.steps,
+                                    seed=seed))
+    return built
+
+
+def _one_line(err: BaseException, limit: int = 500) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _load_error(path: str, err: BaseException) -> str:
+    """One line saying why ``path`` did not load (Keras's messages dump whole configs)."""
+    from keras_secure_cli import version
+
+    text = f"{err} {err.__context__ or ''}"
+    missing = re.search(r"Could not locate class '([^']+)'", text)
+    if missing:
+        cls = missing.group(1)
+        after = text[missing.end():]
+        registered = re.search(r"'registered_name': '([^']+)'", after)
+        name = registered.group(1) if registered else cls
+        if name.startswith("keras_secure>"):
+            return (f"cannot load MODEL {path!r}: it uses {name!r}, which this keras_secure "
+                    f"({version()}) does not define; was it saved with another version?")
+        return (f"cannot load MODEL {path!r}: it uses the custom class {name!r}, which is not "
+                "registered. keras-secure imports keras_secure, so keras_secure's own layers "
+                "load; for other custom objects, load the model in Python after importing the "
+                "code that registers them and call keras_secure.evaluation.evaluate_robustness")
+    return (f"cannot load MODEL {path!r}: {_one_line(err)} (keras-secure imports keras_secure "
+            "before loading, so keras_secure's own layers load)")
+
+
+def _load_model(path: str):
+    import keras
+
+    import keras_secure  # noqa: F401  (registers keras_secure's serializable layers)
+
+    try:
+        return keras.saving.load_model(path)
+    except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile) as err:
+        raise UsageError(_load_error(path, err)) from None
+
+
+def _preflight(attacks, clf, x, y) -> None:
+    """Each attack's own checks of the data (e.g. Square takes images, an L2 budget within the
+    value range's diameter), on one example, so that they are reported before anything runs
+    instead of as a traceback from inside the evaluation. The value range itself was checked
+    on all of ``x`` (keras_secure_cli)."""
+    for attack in attacks:
+        attack._check_data(clf, x[:1], y[:1])
+
+
+def _describe(report, args, n: int) -> str:
+    """How the model was read (the classifier contract's description) and what was run."""
+    info = report.classifier
+    classes = info.get("num_classes")
+    lines = [f"Model {args.model!r}: {info.get('output', '?')}"
+             + (f"; {classes} classes" if classes else "")]
+    path = info.get("adaptive_path") or []
+    if path:
+        lines.append("Adaptive path (what the attacks differentiate):")
+        lines += [f"  - {step}" for step in path]
+    else:
+        lines.append("Adaptive path: none needed (no keras_secure randomized or "
+                     "non-differentiable layers)")
+    if args.value_range:
+        vr = f"[{args.value_range[0]:g}, {args.value_range[1]:g}]"
+    else:
+        vr = "not given (adversarial inputs are not clipped)"
+    lines.append(f"Data {args.data!r}: {n} examples; value range {vr}")
+    return "\n".join(lines)
+
+
+def _evaluate(args, x, y) -> int:
+    from keras_secure.classifier import as_classifier
+    from keras_secure.evaluation import evaluate_robustness
+
+    try:
+        attack_list = build_attacks(args.attack_names, args)
+    except (TypeError, ValueError) as err:
+        raise UsageError(_one_line(err)) from None
+    model = _load_model(args.model)
+    try:
+        clf = as_classifier(model)
+        clf.check(x, y)  # the classifier contract's checks of the model, x and y
+        _preflight(attack_list, clf, x, y)
+    except (TypeError, ValueError) as err:
+        raise UsageError(_one_line(err)) from None
+
+    report = evaluate_robustness(model, x, y, attack_list, batch_size=args.batch_size,
+                                 verbose=args.verbose)
+    print(_describe(report, args, int(x.shape[0])))
+    print(report.table(full=True))
+    if args.output:
+        run_info = {
+            "keras_secure": _front.version(),
+            "model": args.model,
+            "data": args.data,
+            "num_examples": int(x.shape[0]),
+            "value_range": list(args.value_range) if args.value_range else None,
+            "attacks": [{"class": type(a).__name__, **a.get_config()} for a in attack_list],
+        }
+        text = json.dumps({"run": run_info, **json.loads(report.to_json())}, indent=2,
+                          default=str)
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        print(f"report written to {args.output}")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
