@@ -316,3 +316,240 @@ def test_invalid_call_arguments(cnn, eval_set):
         A.PGD(9.0, norm="l2", value_range=VR)(cnn, x[:2], y[:2])
     with pytest.raises(TypeError, match="`model`"):
         attack("not a model", x[:2], y[:2])
+
+
+# ---------------------------------------------------------------------------------------------
+# Options checked against hand computations and closed forms
+# ---------------------------------------------------------------------------------------------
+def test_step_factor_values_by_hand():
+    from keras_secure.attacks.pgd import step_factor
+
+    n = 8
+    hand = {
+        "constant": [1.0] * n,
+        "linear": [1 - i / 8 for i in range(n)],                    # 1, 7/8, ..., 1/8
+        "cosine": [(1 + np.cos(np.pi * i / 8)) / 2 for i in range(n)],
+        "step": [1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25],        # halved at 50% and 75%
+    }
+    for schedule, expected in hand.items():
+        got = [float(step_factor(schedule, i, n)) for i in range(n)]
+        np.testing.assert_allclose(got, expected, atol=1e-6, err_msg=schedule)
+
+
+# A model whose loss has a maximum: logits [0, -sum_j a_j (x_j - c_j)^2], label 0. The
+# untargeted CE log(1 + exp(-sum_j a_j (x_j - c_j)^2)) grows towards c, its gradient is a
+# positive multiple of a * (c - x), and the label never changes (z_1 <= 0 = z_0), so the best
+# iterate is the highest-loss one. Sign steps overshoot c and oscillate around it: which
+# iterate is best depends on every step's length and on their order. (The unequal weights a
+# avoid exact ties between mirror-image iterates.)
+CENTRE = np.array([0.98, -0.96], np.float32)
+WEIGHTS = np.array([1.0, 1.7], np.float32)
+
+
+def bowl(x):
+    x = tf.convert_to_tensor(x)
+    curve = tf.reduce_sum(WEIGHTS * (x - CENTRE) ** 2, axis=1)
+    return tf.stack([tf.zeros(tf.shape(x)[0]), -curve], axis=1)
+
+
+def reference_sign_ascent(x0, step_sizes, eps, direction):
+    """Plain-NumPy projected sign ascent on the bowl, returning its highest-loss iterate
+    (the first one on ties), as PGD and MI-FGSM define their output."""
+    x = x0.astype(np.float64)
+    iterates, losses = [], []
+    velocity = np.zeros_like(x)
+    for k in range(len(step_sizes) + 1):
+        iterates.append(x.copy())
+        losses.append(np.log1p(np.exp(-(WEIGHTS * (x - CENTRE) ** 2).sum())))
+        if k == len(step_sizes):
+            break
+        step, velocity = direction(x, velocity)
+        x = np.clip(x + step_sizes[k] * step, x0 - eps, x0 + eps)
+    best = int(np.argmax(losses))
+    # no near-tie between distinct iterates (float32 rounding could then pick either)
+    others = [v for it, v in zip(iterates, losses) if np.abs(it - iterates[best]).max() > 1e-6]
+    assert not others or max(others) < losses[best] - 1e-5
+    return iterates[best]
+
+
+STARTS = np.array([[0.0, 0.0], [0.3, 0.1], [-0.2, 0.4], [1.5, -1.0], [0.9, -0.3]], np.float32)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine", "step"])
+def test_pgd_takes_the_steps_its_schedule_claims(schedule):
+    steps, alpha, eps = 6, 0.6, 1.2
+    factors = {"constant": [1.0] * 6, "linear": [1, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6],
+               "cosine": [(1 + np.cos(np.pi * i / 6)) / 2 for i in range(6)],
+               "step": [1, 1, 1, 0.5, 0.5, 0.25]}[schedule]
+    got = A.PGD(eps, steps=steps, step_size=alpha, random_init=False, step_schedule=schedule)(
+        bowl, STARTS, np.zeros(len(STARTS), int))
+    sign = lambda x, v: (np.sign(CENTRE - x), v)  # noqa: E731
+    expected = [reference_sign_ascent(x0, [alpha * f for f in factors], eps, sign)
+                for x0 in STARTS]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_pgd_schedule_on_a_linear_model_moves_by_the_sum_of_its_steps():
+    # binary linear model: the CE gradient of label 0 is p_1 (w_1 - w_0), of constant sign, so
+    # every step moves by step_size * factor along sign(w_1 - w_0), and the loss only grows
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    w = np.array([[0.5, -1.0], [1.0, 2.0], [0.0, -0.5], [2.0, 1.0]], np.float32)
+    model.layers[-1].set_weights([w, np.zeros(2, np.float32)])
+    x = np.full((1, 4), 0.5, np.float32)
+    direction = np.sign(w[:, 1] - w[:, 0])
+    for schedule, total in (("constant", 8.0), ("linear", 4.5), ("step", 5.5),
+                            ("cosine", 4.5)):
+        # sums of the factors for 8 steps: 8; (8 + 7 + ... + 1) / 8; 4 + 2 * 0.5 + 2 * 0.25;
+        # 4 + sum_i cos(pi i / 8) / 2, where cos(pi i / 8) + cos(pi (8 - i) / 8) = 0 for
+        # i = 1..3 and cos(pi / 2) = 0, leaving cos(0) / 2 = 0.5
+        got = A.PGD(10.0, steps=8, step_size=0.01, random_init=False, step_schedule=schedule)(
+            model, x, np.array([0]))
+        np.testing.assert_allclose(got, x + 0.01 * total * direction, atol=1e-6,
+                                   err_msg=schedule)
+
+
+def test_mifgsm_with_decay_zero_is_the_plain_iterative_attack(cnn, eval_set):
+    x, y = eval_set
+    for norm, eps in (("linf", 0.1), ("l2", 1.0)):
+        mi = A.MIFGSM(eps, steps=7, decay=0.0, norm=norm, value_range=VR)(cnn, x[:64], y[:64])
+        # I-FGSM / iterative FGM: PGD from x with the same step eps / steps, no schedule
+        plain = A.PGD(eps, steps=7, step_size=eps / 7, norm=norm, random_init=False,
+                      value_range=VR)(cnn, x[:64], y[:64])
+        np.testing.assert_allclose(mi, plain, atol=1e-6)
+        momentum = A.MIFGSM(eps, steps=7, decay=1.0, norm=norm, value_range=VR)(cnn, x[:64],
+                                                                               y[:64])
+        assert np.abs(momentum - plain).max() > 0.01  # decay does change the iterates
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.5, 1.0, 2.0])
+def test_mifgsm_momentum_matches_a_hand_computed_path(decay):
+    # on the bowl the gradient is a positive multiple of g = a * (c - x), so its L1-normalised
+    # form is g / ||g||_1 whatever the multiple
+    def momentum(x, velocity):
+        g = WEIGHTS * (CENTRE - x)
+        velocity = decay * velocity + g / max(np.abs(g).sum(), 1e-12)
+        return np.sign(velocity), velocity
+
+    steps, alpha, eps = 10, 0.3, 1.5
+    starts = np.concatenate([STARTS, np.round(np.random.default_rng(1).uniform(
+        -1.5, 1.5, (12, 2)), 2)]).astype(np.float32)
+    got = A.MIFGSM(eps, steps=steps, step_size=alpha, decay=decay)(
+        bowl, starts, np.zeros(len(starts), int))
+    expected = [reference_sign_ascent(x0, [alpha] * steps, eps, momentum) for x0 in starts]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 0.05), ("l2", 0.5)])
+def test_pgd_restarts_are_never_weaker_than_one_start(norm, eps, cnn, eval_set):
+    """Exact, not statistical: the first restart of PGD(restarts=3, seed=s) starts where
+    PGD(restarts=1, seed=s) starts (the same first draw of the seed generator) and follows the
+    same iterates, and the result is the best iterate over all restarts; so per example it is
+    at least as good (misclassified, then higher loss) as the one-start result. The attack's
+    generator advances once per start, so the three starts are those of three consecutive calls
+    of one PGD(restarts=1, seed=s), and restarts=3 returns their per-example best."""
+    x, y = eval_set
+
+    def outcome(x_adv):
+        z = cnn(x_adv)
+        fooled = np.argmax(z, 1) != y
+        return fooled, tf.nn.sparse_softmax_cross_entropy_with_logits(y, z).numpy()
+
+    make = lambda r: A.PGD(eps, steps=5, norm=norm, restarts=r, value_range=VR, seed=3)  # noqa
+    one, three = make(1)(cnn, x, y), make(3)(cnn, x, y)
+    fooled1, loss1 = outcome(one)
+    fooled3, loss3 = outcome(three)
+    assert np.all(fooled3 >= fooled1)
+    same = fooled1 == fooled3
+    assert np.all(loss3[same] >= loss1[same] - 1e-6)
+    assert np.any(loss3[same] > loss1[same] + 1e-3)  # the extra starts do find better points
+    # the per-example best of three consecutive one-start runs, computed here
+    single = make(1)
+    best = single(cnn, x, y)
+    np.testing.assert_array_equal(best, one)  # the first start is shared
+    best_fooled, best_loss = outcome(best)
+    for _ in range(2):
+        run = single(cnn, x, y)
+        fooled, loss = outcome(run)
+        better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (loss > best_loss))
+        best[better] = run[better]
+        best_fooled, best_loss = best_fooled | fooled, np.where(better, loss, best_loss)
+    np.testing.assert_allclose(three, best, atol=1e-6)
+
+
+def affine_classifier():
+    w = np.array([[1.0, -1.0, 0.5], [0.5, 2.0, -1.0], [-1.0, 0.0, 1.0], [0.0, 1.0, 1.0]],
+                 np.float32)
+    b = np.array([0.1, -0.2, 0.0], np.float32)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.layers[-1].set_weights([w, b])
+    x = np.random.default_rng(0).uniform(0.3, 0.7, (20, 4)).astype(np.float32)
+    return model, w, b, x, np.argmax(x @ w + b, axis=1)
+
+
+def nearest_boundary(x, y, w, b, kappa=0.0):
+    """For an affine classifier the region where class y wins by more than -kappa is an
+    intersection of half-spaces {(w_y - w_j) . x + b_y - b_j > -kappa}: the smallest L2
+    perturbation that makes some class j beat y by kappa reaches the nearest of their
+    hyperplanes, at distance (z_y - z_j + kappa) / ||w_y - w_j||, along -(w_y - w_j)."""
+    z = x @ w + b
+    distances, directions = [], []
+    for i in range(len(x)):
+        candidates = []
+        for j in range(w.shape[1]):
+            if j != y[i]:
+                d = w[:, j] - w[:, y[i]]
+                candidates.append(((z[i, y[i]] - z[i, j] + kappa) / np.linalg.norm(d),
+                                   d / np.linalg.norm(d)))
+        dist, direction = min(candidates, key=lambda c: c[0])
+        distances.append(dist)
+        directions.append(direction)
+    return np.array(distances), np.array(directions)
+
+
+def margins(z, y):
+    z_y = z[np.arange(len(y)), y]
+    return z_y - np.max(np.where(np.eye(z.shape[1])[y] > 0, -np.inf, z), axis=1)
+
+
+def test_cw_confidence_reaches_the_closed_form_margin_and_distance():
+    model, w, b, x, y = affine_classifier()
+    found = {}
+    for kappa in (0.0, 1.0, 3.0):
+        attack = A.CarliniWagnerL2(value_range=(-10.0, 10.0), confidence=kappa, steps=200,
+                                   binary_search_steps=10, learning_rate=0.05,
+                                   initial_const=1.0)
+        x_adv = attack(model, x, y)
+        m = margins(x_adv @ w + b, y)
+        # success means another class wins by at least kappa ...
+        assert np.all(m <= -kappa + 1e-5), (kappa, m)
+        # ... which no perturbation achieves below the closed-form distance; C&W's optimiser
+        # gets within 10% of it (measured: at most 7.7% above)
+        distance = np.linalg.norm(x_adv - x, axis=1)
+        needed, _ = nearest_boundary(x, y, w, b, kappa)
+        assert np.all(distance >= needed * (1 - 1e-5)), (kappa, distance / needed)
+        assert np.all(distance <= needed * 1.10), (kappa, distance / needed)
+        found[kappa] = m
+    # a higher confidence gives a larger margin for the adversarial class at the result
+    assert np.all(found[1.0] < found[0.0]) and np.all(found[3.0] < found[1.0])
+
+
+@pytest.mark.parametrize("overshoot", [0.0, 0.02, 0.5])
+def test_deepfool_overshoot_scales_the_minimal_perturbation(overshoot):
+    # On an affine classifier the linearisation is exact: DeepFool's first step lands on the
+    # nearest boundary (plus the reference implementation's 1e-4 in L2 norm), the label flips,
+    # and the returned perturbation is (1 + overshoot) times that step.
+    model, w, b, x, y = affine_classifier()
+    distance, direction = nearest_boundary(x, y, w, b)
+    x_adv = A.DeepFool(overshoot=overshoot)(model, x, y)
+    expected = (1 + overshoot) * (distance + 1e-4)[:, None] * direction
+    np.testing.assert_allclose(x_adv - x, expected, atol=1e-5)
+    assert np.all(np.argmax(x_adv @ w + b, 1) != y)
+    # a binary single-logit model: distance |w.x + b| / ||w||
+    binary = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    wb = np.array([[1.0], [-2.0], [0.5], [1.5]], np.float32)
+    binary.layers[-1].set_weights([wb, np.array([0.3], np.float32)])
+    score = (x @ wb)[:, 0] + 0.3
+    x_adv = A.DeepFool(overshoot=overshoot)(binary, x, (score > 0).astype(int))
+    got = np.linalg.norm(x_adv - x, axis=1)
+    np.testing.assert_allclose(got, (1 + overshoot) * (np.abs(score) / np.linalg.norm(wb) + 1e-4),
+                               rtol=1e-5)
