@@ -36,7 +36,6 @@ import contextlib
 import dataclasses
 import functools
 import threading
-import weakref
 from typing import Callable
 
 import keras
@@ -795,7 +794,7 @@ class Classifier:
                 f"adaptive={self.adaptive})")
 
 
-_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_CACHE_ATTRIBUTE = "_keras_secure_classifiers"
 
 
 def as_classifier(model, from_logits: bool | None = None) -> Classifier:
@@ -820,15 +819,14 @@ def as_classifier(model, from_logits: bool | None = None) -> Classifier:
             raise ValueError(f"`from_logits={from_logits}` contradicts the Classifier's "
                              f"declaration from_logits={model.from_logits}.")
         return model
-    try:
-        per_model = _CACHE.get(model)
-    except TypeError:
-        return Classifier(model, from_logits)
-    if per_model is None:
+    # The cache lives on the model itself (a reference cycle the garbage collector frees with
+    # the model), not in a global weak dictionary whose values would keep every model alive.
+    per_model = getattr(model, _CACHE_ATTRIBUTE, None)
+    if not isinstance(per_model, dict):
         per_model = {}
-        try:
-            _CACHE[model] = per_model
-        except TypeError:
+        try:  # object.__setattr__: Keras must not track the cache as a layer attribute
+            object.__setattr__(model, _CACHE_ATTRIBUTE, per_model)
+        except (AttributeError, TypeError):  # e.g. a bound method: no cache
             return Classifier(model, from_logits)
     clf = per_model.get(from_logits)
     if clf is None:

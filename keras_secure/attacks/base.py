@@ -235,8 +235,10 @@ def update_best(best, x_cur, values, logits, y, targeted):
             best_adv | adv)
 
 
-def _perturb_with(attack, clf, x, y):
-    return attack.perturb(clf.logits, x, y)
+def _perturb_with(attack, clf_ref, x, y):
+    # a weak reference: the cache of traced attacks must not keep classifiers (and so their
+    # models) alive
+    return attack.perturb(clf_ref().logits, x, y)
 
 
 # --------------------------------------------------------------------------------------------
@@ -367,7 +369,8 @@ class Attack:
         # "excessive retracing".
         fn = self._compiled.get(clf)
         if fn is None:
-            fn = tf.function(functools.partial(_perturb_with, self, clf), reduce_retracing=True)
+            fn = tf.function(functools.partial(_perturb_with, self, weakref.ref(clf)),
+                             reduce_retracing=True)
             self._compiled[clf] = fn
         return fn
 
