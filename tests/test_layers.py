@@ -248,3 +248,57 @@ def test_certified_accuracy():
                                [0.5, 0.25, 0.0])
     with pytest.raises(ValueError, match="same length"):
         L.certified_accuracy(radii, predictions, labels[:2], [0])
+
+
+@pytest.mark.parametrize("n, alpha", [(100, 0.001), (1000, 0.01), (37, 0.05), (5000, 0.001)])
+def test_clopper_pearson_matches_scipys_exact_binomial_interval(n, alpha):
+    # The one-sided (1 - alpha) lower bound is the lower end of the two-sided exact interval at
+    # confidence 1 - 2 alpha; k < n is where the bound depends on both Beta parameters.
+    ks = sorted({0, 1, 2, n // 10, n // 3, n // 2, (9 * n) // 10, n - 2, n - 1, n})
+    got = L.clopper_pearson_lower(ks, n, alpha)
+    expected = [stats.binomtest(k, n).proportion_ci(confidence_level=1 - 2 * alpha,
+                                                    method="exact").low for k in ks]
+    # scipy finds each end by brentq root-finding on the binomial tail (not through the Beta
+    # quantile), to brentq's default absolute tolerance xtol = 2e-12
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=4e-12)
+    # closed forms at the ends: k = 1 solves 1 - (1 - p)^n = alpha, k = n solves p^n = alpha
+    np.testing.assert_allclose(L.clopper_pearson_lower([1, n], n, alpha),
+                               [-np.expm1(np.log1p(-alpha) / n), alpha ** (1 / n)], rtol=1e-9)
+
+
+def test_certify_a_linear_classifier_against_its_closed_form_vote_probability():
+    # f(x) = 1 if w.x + b > 0 else 0 with ||w|| = 1: under x + N(0, sigma^2 I) the score w.x + b
+    # is N(m, sigma^2) with m = w.x + b, so P(f = 1) = Phi(m / sigma), and the smoothed
+    # classifier's true radius is sigma Phi^-1(pA) = |m|.
+    w = np.array([0.6, -0.8, 0.0, 0.0], np.float32)
+    b = 0.1
+    base = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    base.layers[-1].set_weights([np.stack([np.zeros(4), w], 1).astype(np.float32),
+                                 np.array([0.0, b], np.float32)])
+    sigma, n, alpha = 0.5, 4000, 0.001
+    m = np.array([-1.0, -0.6, -0.3, 0.0, 0.2, 0.4, 0.7, 1.0, 1.3])
+    x = ((m - b)[:, None] * w[None]).astype(np.float32)  # w.x + b = m
+    smoothed = L.RandomizedSmoothing(base, sigma=sigma, seed=0)
+    predictions, radii = smoothed.certify(x, n0=100, n=n, alpha=alpha, batch_size=4000)
+    # m = 0: pA = 1/2 exactly, so the lower bound falls below 1/2 (abstain) w.p. >= 1 - alpha
+    assert predictions[3] == L.ABSTAIN and radii[3] == 0.0
+    for i in np.flatnonzero(m != 0):
+        assert predictions[i] == int(m[i] > 0)
+        p_a = stats.norm.cdf(abs(m[i]) / sigma)
+        # the radius is sigma Phi^-1 of an exact one-sided Clopper-Pearson bound of some count:
+        # recover the count n_A by bisection on scipy's exact interval ...
+        target = stats.norm.cdf(radii[i] / sigma)
+
+        def lower(k):
+            return stats.binomtest(int(k), n).proportion_ci(confidence_level=1 - 2 * alpha,
+                                                           method="exact").low
+
+        lo, hi = 0, n
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if lower(mid) <= target else (lo, mid)
+        assert lower(lo) == pytest.approx(target, rel=1e-9, abs=1e-12), (i, lo)
+        # ... which must be a Binomial(n, pA) draw: within 4.5 standard errors of n pA
+        assert abs(lo / n - p_a) < 4.5 * np.sqrt(p_a * (1 - p_a) / n), (i, lo / n, p_a)
+        # and the certified radius never exceeds the true one (holds w.p. >= 1 - alpha)
+        assert radii[i] <= abs(m[i]) + 1e-12
