@@ -364,28 +364,49 @@ def _check_data(x, y, args):
 # --------------------------------------------------------------------------------------------
 # TensorFlow's start-up logs
 # --------------------------------------------------------------------------------------------
-_TF_LOG_LINE = re.compile(
-    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to "
-    r"STDERR$"
-    r"|[IW]\d{4} [\d:.]+\s+\d+ [\w./-]+:\d+\] "
-    r"|To enable the following instructions: .* rebuild TensorFlow with)")
+_TF_LOG_LINE = re.compile(r"^([IWE])\d{4} [\d:.]+\s+\d+ [\w./-]+:\d+\] ")
+_TF_LOG_SEVERITY = {"I": 1, "W": 2, "E": 3}  # dropped from this TF_CPP_MIN_LOG_LEVEL on
+_ABSL_PREAMBLE = ("WARNING: All log messages before absl::InitializeLog() is called are written "
+                  "to STDERR")
 
 
-def _filter_tf_logs(text: str) -> str:
-    """``text`` without TensorFlow's INFO/WARNING C++ log lines (errors are kept)."""
-    return "".join(line for line in text.splitlines(keepends=True)
-                   if not _TF_LOG_LINE.match(line))
+def _tf_log_level() -> int:
+    try:
+        return int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+    except ValueError:
+        return 0
+
+
+def _filter_tf_logs(text: str, level: int) -> str:
+    """``text`` without the C++ log lines that ``TF_CPP_MIN_LOG_LEVEL=level`` would silence:
+    INFO from 1, WARNING from 2, ERROR from 3 (FATAL and everything else are kept)."""
+    kept, dropping = [], False
+    for line in text.splitlines(keepends=True):
+        match = _TF_LOG_LINE.match(line)
+        if match:
+            dropping = level >= _TF_LOG_SEVERITY[match.group(1)]
+        elif line.rstrip("\n") == _ABSL_PREAMBLE:
+            dropping = level >= 2
+        elif not (dropping and line.startswith("To enable the following instructions")):
+            dropping = False  # (that line continues the CPU-feature INFO line)
+        if not dropping:
+            kept.append(line)
+    return "".join(kept)
 
 
 @contextlib.contextmanager
 def _quiet_tensorflow_import():
-    """Drop the C++ INFO/WARNING lines TensorFlow writes to fd 2 while its libraries load.
+    """Apply ``TF_CPP_MIN_LOG_LEVEL`` to the lines TensorFlow writes to fd 2 while it loads.
 
-    ``TF_CPP_MIN_LOG_LEVEL`` silences TensorFlow's logs once its logging is initialized, but
-    TensorFlow 2.21 writes its start-up lines (oneDNN, CUDA stub) from static initializers
-    before that, ignoring it. Everything else written to stderr meanwhile is passed on.
+    TensorFlow 2.21 honours ``TF_CPP_MIN_LOG_LEVEL`` once its logging is initialized, but its
+    start-up lines (oneDNN, CUDA stub) come from static initializers before that, whatever the
+    variable says. They are captured and filtered here; everything else written to stderr
+    meanwhile is passed on afterwards. With ``TF_CPP_MIN_LOG_LEVEL=0`` nothing is captured (a
+    process that aborts while TensorFlow loads, e.g. on a CPU it was not built for, would lose
+    its captured message: set 0 to see it).
     """
-    if "tensorflow" in sys.modules:
+    level = _tf_log_level()
+    if "tensorflow" in sys.modules or level <= 0:
         yield
         return
     import tempfile
@@ -406,7 +427,7 @@ def _quiet_tensorflow_import():
             os.dup2(saved, 2)
             os.close(saved)
             tmp.seek(0)
-            rest = _filter_tf_logs(tmp.read().decode("utf-8", errors="replace"))
+            rest = _filter_tf_logs(tmp.read().decode("utf-8", errors="replace"), level)
             if rest:
                 sys.stderr.write(rest)
                 sys.stderr.flush()
