@@ -280,7 +280,11 @@ def _activation_name(op) -> str | None:
     activation = getattr(op, "activation", None)
     if activation is None:
         return None
-    return getattr(activation, "__name__", None)
+    name = getattr(activation, "__name__", None)
+    return _ACTIVATION_ALIASES.get(name, name)
+
+
+_ACTIVATION_ALIASES = {"softmax_v2": "softmax", "log_softmax_v2": "log_softmax"}  # tf.nn's
 
 
 def _node_input(op, node_index):
@@ -341,9 +345,11 @@ def _analyze(model) -> _Head:
         features = keras.Model(inputs, t, name=f"{model.name}_features")
 
         def dense_logits(x, training=False, _features=features, _layer=op):
-            h = _features(x, training=training)
-            z = tf.matmul(tf.cast(h, _layer.compute_dtype), tf.convert_to_tensor(_layer.kernel))
-            return z + _layer.bias if _layer.use_bias else z
+            # float32 whatever the dtype policy (mixed precision keeps float32 variables)
+            h = tf.cast(_features(x, training=training), tf.float32)
+            z = tf.matmul(h, tf.cast(tf.convert_to_tensor(_layer.kernel), tf.float32))
+            return z + tf.cast(tf.convert_to_tensor(_layer.bias), tf.float32) if (
+                _layer.use_bias) else z
 
         return _Head(probability_kind, dense_logits, where)
     raise TypeError(
@@ -447,6 +453,12 @@ class Classifier:
         self.model = model
         self.from_logits = from_logits
         self.adaptive = adaptive
+        self._predict_fn = None
+        self._log_probability_fn = None
+        self._read_structure()
+
+    def _read_structure(self):
+        model, from_logits = self.model, self.from_logits
         head = _analyze(model)
         self._columns = self._static_columns()
         self._attack_logits = None
@@ -458,8 +470,6 @@ class Classifier:
         self._structural = head.kind is not None
         self.kind = self._declare(head, from_logits)
         self._output_note = head.description
-        self._predict_fn = None
-        self._log_probability_fn = None
 
     # -- kinds ----------------------------------------------------------------------------------
     def _static_columns(self):
@@ -586,7 +596,15 @@ class Classifier:
         if self.kind is None or self._columns is None or (
                 not self._structural and self.from_logits is None):
             sample = tf.cast(tf.convert_to_tensor(arr[:256]), tf.float32)
-            self._resolve(self._call(sample).numpy())
+            out = self._call(sample).numpy()
+            if not self._structural and _symbolic(self.model) is not None:
+                # a Sequential model without an Input is built by its first call: its layers
+                # now tell the output kind
+                self._read_structure()
+            if not self._structural:
+                self._resolve(out)
+            elif self._columns is None:
+                self._columns = int(out.shape[1])
         labels = None if y is None else check_labels(y, self.num_classes, arr.shape[0], y_name,
                                                      name)
         return arr, labels

@@ -348,3 +348,30 @@ def test_denoisers_nested_anywhere_are_attacked_with_bpda(cnn):
         deployed = tf.reduce_sum(model(x))
     assert float(tf.reduce_max(tf.abs(tape.gradient(deployed, x)))) == 0.0
     assert ks.Classifier is Classifier
+
+
+def test_structure_read_once_the_model_is_built_and_tf_nn_activations_are_known():
+    x = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+    y = np.arange(20) % 3
+    unbuilt = keras.Sequential([keras.layers.Dense(8, activation="relu"),
+                                keras.layers.Dense(3, activation="softmax")])
+    assert as_classifier(unbuilt).kind is None  # no layer graph until the first call
+    report = evaluate_robustness(unbuilt, x, y, [A.FGSM(0.1)])  # builds it, then reads it
+    assert as_classifier(unbuilt).kind == "probabilities"
+    assert "softmax" in report.classifier["output"]
+    tf_softmax = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3),
+                                   keras.layers.Activation(tf.nn.softmax)])
+    assert Classifier(tf_softmax).kind == "probabilities"
+
+
+def test_logits_are_recovered_under_mixed_precision():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+        x = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+        logits = Classifier(model).logits(tf.constant(x))
+        kernel, bias = (np.asarray(w, np.float32) for w in model.layers[0].get_weights())
+        assert logits.dtype == tf.float32
+        np.testing.assert_allclose(logits.numpy(), x @ kernel + bias, atol=1e-5)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
