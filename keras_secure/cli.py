@@ -129,7 +129,7 @@ def _preflight(attacks, clf, x, y) -> None:
     instead of as a traceback from inside the evaluation. The value range itself was checked
     on all of ``x`` (keras_secure_cli)."""
     for attack in attacks:
-        attack._check_data(clf, x[:1], y[:1])
+        attack.check_data(clf, x[:1], y[:1])
 
 
 def _describe(report, args, n: int) -> str:

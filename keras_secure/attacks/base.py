@@ -408,6 +408,21 @@ class Attack:
         return out.numpy() if return_numpy else out
 
     # -- validation of call arguments -------------------------------------------------------
+    def check_data(self, model, x, y=None):
+        """Validate ``model``, ``x`` and ``y`` exactly as :meth:`__call__` does, without
+        attacking: for tools that want every mistake reported before any work starts.
+
+        Returns:
+            ``(x, y)`` as the attack would use them: float32 and int32 tensors.
+
+        Raises:
+            TypeError / ValueError: as :meth:`__call__`.
+
+        Example:
+            >>> pgd.check_data(model, x[:1], y[:1])
+        """
+        return self._check_data(as_classifier(model), x, y)
+
     def _check_x(self, x: tf.Tensor) -> tf.Tensor:
         """Hook for an attack's own input checks, given the validated float32 batch."""
         return x
