@@ -68,6 +68,93 @@ def test_adversarial_training_composes_with_distillation(digits, cnn):
     assert np.all(np.isfinite(history.history["distillation_loss"]))
 
 
+def softmax(z):
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+STUDENT_W = np.array([[1.0, -1.0, 0.5], [0.5, 2.0, -1.0], [-1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+STUDENT_B = np.array([0.1, -0.2, 0.0])
+TEACHER_W = np.array([[0.3, -0.5, 1.0], [1.5, 0.2, -0.4], [-0.7, 0.9, 0.1], [0.2, -1.2, 0.6]])
+TEACHER_B = np.array([0.0, 0.3, -0.1])
+
+
+def dense(w, b, lr=None):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.layers[-1].set_weights([w.astype(np.float32), b.astype(np.float32)])
+    if lr is not None:
+        model.compile(keras.optimizers.SGD(lr),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def hand_soft(x, t):
+    """T^2 KL(softmax(z_teacher / T) || softmax(z_student / T)) per example."""
+    p = softmax((x @ TEACHER_W + TEACHER_B) / t)
+    q = softmax((x @ STUDENT_W + STUDENT_B) / t)
+    return (p * np.log(p / q)).sum(1) * t ** 2
+
+
+def hand_ce(x, y):
+    return -np.log(softmax(x @ STUDENT_W + STUDENT_B)[np.arange(len(y)), y])
+
+
+@pytest.mark.parametrize("mode, ratio", [("madry", 0.5), ("mixed", 0.3), ("mixed", 1.0)])
+@pytest.mark.parametrize("order", ["adversarial_first", "distillation_first"])
+def test_distillation_loss_on_the_adversarial_batch_by_hand(mode, ratio, order):
+    # With a zero learning rate the logs of one full batch are the objective at the given
+    # weights. The attack (FGSM, in closed form for a linear student) runs on the student; the
+    # teacher then sees the batch the student trains on, so the soft term is computed on x_adv
+    # (madry), or on both halves weighted (1 - r) and r like the hard term (mixed).
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.2, 0.8, (12, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 12)
+    t, alpha, eps = 3.0, 0.6, 0.1
+    callbacks = [AdversarialTraining(A.FGSM(eps, value_range=VALUE_RANGE), mode=mode,
+                                     ratio=ratio),
+                 Distillation(dense(TEACHER_W, TEACHER_B), temperature=t, alpha=alpha)]
+    if order == "distillation_first":
+        callbacks = callbacks[::-1]
+    student = dense(STUDENT_W, STUDENT_B, lr=0.0)
+    history = student.fit(x, y, batch_size=12, epochs=1, verbose=0, shuffle=False,
+                          callbacks=callbacks)
+    grad = (softmax(x @ STUDENT_W + STUDENT_B) - np.eye(3)[y]) @ STUDENT_W.T
+    x_adv = np.clip(x + eps * np.sign(grad), 0.0, 1.0)
+    if mode == "madry":
+        hard, soft = hand_ce(x_adv, y).mean(), hand_soft(x_adv, t).mean()
+    else:
+        hard = (1 - ratio) * hand_ce(x, y).mean() + ratio * hand_ce(x_adv, y).mean()
+        soft = (1 - ratio) * hand_soft(x, t).mean() + ratio * hand_soft(x_adv, t).mean()
+    logs = {k: v[0] for k, v in history.history.items()}
+    assert logs["distillation_loss"] == pytest.approx(soft, rel=1e-5)
+    assert logs["loss"] == pytest.approx((1 - alpha) * hard + alpha * soft, rel=1e-5)
+    assert logs["adv_loss"] == pytest.approx(hand_ce(x_adv, y).mean(), rel=1e-5)
+    # the soft term on the clean batch is a different number: the check can tell them apart
+    assert abs(hand_soft(x, t).mean() - hand_soft(x_adv, t).mean()) > 0.02
+
+
+def test_distillation_weights_the_soft_term_like_the_compiled_loss():
+    # sample weights (and class weights, which Keras turns into sample weights) weight both
+    # terms per example: mean of w * CE and mean of w * T^2 KL over the batch
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0.0, 1.0, (10, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 10)
+    sw = rng.uniform(0.2, 3.0, 10)
+    t, alpha = 2.0, 0.7
+    for weights, kwargs in ((sw, {"sample_weight": sw}),
+                            (np.where(y == 1, 4.0, 1.0), {"class_weight": {0: 1.0, 1: 4.0,
+                                                                           2: 1.0}})):
+        student = dense(STUDENT_W, STUDENT_B, lr=0.0)
+        history = student.fit(x, y, batch_size=10, epochs=1, verbose=0, shuffle=False,
+                              callbacks=[Distillation(dense(TEACHER_W, TEACHER_B),
+                                                      temperature=t, alpha=alpha)], **kwargs)
+        soft = np.mean(weights * hand_soft(x, t))
+        hard = np.mean(weights * hand_ce(x, y))
+        assert history.history["distillation_loss"][0] == pytest.approx(soft, rel=1e-5)
+        assert history.history["loss"][0] == pytest.approx((1 - alpha) * hard + alpha * soft,
+                                                           rel=1e-5)
+
+
 def test_defensive_distillation_masks_gradients_and_cw_breaks_it(digits, eval_set):
     x, y, _, _ = digits
     xe, ye = eval_set

@@ -19,13 +19,13 @@ class _DistillationStage(Stage):
 
     def __init__(self, teacher, temperature, alpha):
         super().__init__()
-        self.teacher, self.alpha = teacher, alpha
-        # Keras' own soft-target loss: KL(softmax(t/T) || softmax(s/T)) * T^2 (Hinton et al.).
-        # The KLDivergence *instance* is passed on purpose: with the default loss string
-        # "kl_divergence", Keras 3.15 resolves a plain function, misses its softmax branch and
-        # applies the KL to raw logits (tests/test_distillation.py checks the value by hand).
-        self.kd = keras.distillation.LogitsDistillation(temperature=temperature,
-                                                        loss=keras.losses.KLDivergence())
+        self.teacher, self.temperature, self.alpha = teacher, temperature, alpha
+        # The soft-target loss KL(softmax(t/T) || softmax(s/T)) * T^2 (Hinton et al.), with
+        # Keras' KLDivergence weighted per example like the compiled loss (mean of w * KL over
+        # the batch). keras.distillation.LogitsDistillation cannot take sample weights: it
+        # ignored class/sample weights and the clean/adversarial weights of
+        # AdversarialTraining(mode="mixed").
+        self.kl = keras.losses.KLDivergence()
         self._teacher_logits = logits_function(teacher)
         self._student_from_logits = True
 
@@ -43,7 +43,9 @@ class _DistillationStage(Stage):
         student = tf.cast(y_pred, tf.float32)
         if not self._student_from_logits:  # probabilities: log-probabilities are logits
             student = tf.math.log(tf.clip_by_value(student, 1e-12, 1.0))
-        soft = self.kd.compute_loss(teacher_logits, student)
+        t = self.temperature
+        soft = self.kl(tf.nn.softmax(teacher_logits / t), tf.nn.softmax(student / t),
+                       sample_weight=sample_weight) * (t * t)
         self.record("distillation_loss", soft)
         if y is None:  # no labels: the soft targets are the whole loss
             return soft
@@ -56,11 +58,12 @@ class Distillation(StageCallback):
     The training loss becomes ``(1 - alpha) * L_hard + alpha * T^2 * KL(softmax(z_t / T) ||
     softmax(z_s / T))``, where ``L_hard`` is the model's compiled loss on the labels, ``z_t``
     the teacher's logits and ``z_s`` the student's (Hinton, Vinyals & Dean 2015). The soft term
-    is Keras' own ``keras.distillation.LogitsDistillation``. The teacher is evaluated in
-    inference mode on the batch the student trains on - after any batch stage, so combined with
-    :class:`AdversarialTraining` the student matches the teacher on adversarial inputs (robust
-    distillation, Goldblum et al. 2020). Logs ``distillation_loss`` (the soft term). Data
-    without labels train on the soft targets alone.
+    is Keras' ``KLDivergence``, weighted per example like the compiled loss (sample and class
+    weights, and the clean/adversarial weights of ``AdversarialTraining(mode="mixed")``). The
+    teacher is evaluated in inference mode on the batch the student trains on - after any batch
+    stage, so combined with :class:`AdversarialTraining` the student matches the teacher on
+    adversarial inputs (robust distillation, Goldblum et al. 2020). Logs ``distillation_loss``
+    (the soft term). Data without labels train on the soft targets alone.
 
     Args:
         teacher: a trained Keras model with logits output (a final softmax is undone).
