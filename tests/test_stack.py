@@ -1,4 +1,4 @@
-"""The stack of DESIGN.md section 4 works as installed: TF-Agents and TensorFlow Privacy run on
+"""The "Dependency stack" of docs/architecture.md works: TF-Agents and TensorFlow Privacy run on
 TensorFlow 2.21 despite their stale published pins, and keras_secure refuses other backends."""
 
 import textwrap

@@ -1,5 +1,5 @@
 """The training-step hook: the one mechanism by which callbacks change what ``model.fit`` does
-per batch (DESIGN.md section 3).
+per batch (docs/architecture.md, "The training-step hook").
 
 A callback owns a :class:`Stage` and calls :func:`attach` in ``set_model``. While a ``fit``
 with attached stages runs, the model's step is, in one ``tf.function``:
