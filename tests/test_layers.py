@@ -182,6 +182,7 @@ def test_denoiser_with_adversarial_pairs_and_classifier(digits, cnn):
     attack = attacks.FGSM(0.1, value_range=(0, 1))
     L.train_denoiser(denoiser, x_train[:256], y_train[:256], attack=attack, classifier=cnn,
                      loss="logits", epochs=1)
+    assert cnn.trainable  # frozen during the denoiser's training only
     model = L.denoised_classifier(denoiser, cnn)
     assert model.output_shape == (None, 10) and not cnn.trainable
     cnn.trainable = True
@@ -191,6 +192,40 @@ def test_denoiser_with_adversarial_pairs_and_classifier(digits, cnn):
         L.train_denoiser(denoiser, x_train, attack=attack, classifier=cnn)
     with pytest.raises(TypeError, match="`classifier` must be a built"):
         L.denoised_classifier(denoiser, "cnn")
+
+
+def test_denoiser_trained_on_adversarial_pairs_restores_accuracy(digits, cnn):
+    # HGD-style training (adversarial pairs, loss on the frozen classifier's logits) must raise
+    # the classifier's accuracy on adversarial inputs that pass through the denoiser - above
+    # the undefended accuracy and above a denoiser trained on Gaussian noise alone. Measured on
+    # 300 test digits (FGSM eps 0.1 against the classifier): undefended 56.7%, noise-only
+    # denoiser 65.7%, adversarial pairs + logits loss 76.7%; clean accuracy 95.3% -> 95.7%.
+    from keras_secure import attacks
+
+    x_train, y_train, x_test, y_test = digits
+    x, y = x_test[:300], y_test[:300]
+    attack = attacks.FGSM(0.1, value_range=(0, 1))
+    x_adv = attack(cnn, x, y)
+
+    def accuracy(inputs):
+        return float(np.mean(np.argmax(cnn.predict(inputs, verbose=0), axis=1) == y))
+
+    trained = {}
+    for name, kwargs in (("adversarial", {"attack": attack}), ("noise only", {})):
+        denoiser = L.LearnedDenoiser(filters=16, depth=4, value_range=(0, 1))
+        L.train_denoiser(denoiser, x_train, y_train, classifier=cnn, loss="logits",
+                         noise_sigma=0.1, epochs=3, seed=0, **kwargs)
+        trained[name] = denoiser
+    assert cnn.trainable
+    undefended = accuracy(x_adv)
+    defended = accuracy(trained["adversarial"](x_adv).numpy())
+    noise_only = accuracy(trained["noise only"](x_adv).numpy())
+    # measured gains +0.20 and +0.11; the standard error of a difference of two accuracies
+    # near 0.6-0.8 on 300 examples is about 0.04, so the thresholds ask for gains of 3 and 1.2
+    # standard errors (the run itself is seeded and deterministic)
+    assert defended >= undefended + 0.12, (undefended, noise_only, defended)
+    assert defended >= noise_only + 0.05, (undefended, noise_only, defended)
+    assert accuracy(trained["adversarial"](x).numpy()) >= accuracy(x) - 0.02  # clean kept
 
 
 # ---------------------------------------------------------------------------------------------

@@ -541,7 +541,8 @@ def train_denoiser(denoiser: LearnedDenoiser, x, y=None, *, noise_sigma: float =
     given - ``(attack(classifier, x, y), x)`` adversarial pairs generated once before training.
     ``loss="pixel"`` minimises the mean squared error to the clean image (MagNet / DnCNN);
     ``loss="logits"`` minimises the squared error between the frozen ``classifier``'s logits on
-    the denoised and on the clean input (HGD's representation-guided loss).
+    the denoised and on the clean input (HGD's representation-guided loss); the classifier is
+    frozen during this training only (its ``trainable`` flag is restored afterwards).
 
     Args:
         denoiser: the layer to train (built on first use).
@@ -602,14 +603,20 @@ def train_denoiser(denoiser: LearnedDenoiser, x, y=None, *, noise_sigma: float =
     noise = keras.layers.GaussianNoise(noise_sigma, seed=seed)(keras.ops.zeros_like(image))
     corrupted = image + noise * keras.ops.reshape(mask, (-1, 1, 1, 1))
     out = denoiser(corrupted)
-    if loss == "logits":
-        classifier.trainable = False
-        out = classifier(out)
-        x_target = np.asarray(classifier.predict(x_target, batch_size=256, verbose=0))
-    trainer = keras.Model([image, mask], out)
-    trainer.compile(keras.optimizers.Adam(learning_rate), "mse")
-    # GaussianNoise is only active with training=True, which fit provides.
-    return trainer.fit([x_in, noise_mask], x_target, epochs=epochs, batch_size=batch_size,
-                       shuffle=True, verbose=verbose)
+    was_trainable = classifier.trainable if classifier is not None else None
+    try:
+        if loss == "logits":
+            # frozen for this training only: the caller's classifier is left as it was
+            classifier.trainable = False
+            out = classifier(out)
+            x_target = np.asarray(classifier.predict(x_target, batch_size=256, verbose=0))
+        trainer = keras.Model([image, mask], out)
+        trainer.compile(keras.optimizers.Adam(learning_rate), "mse")
+        # GaussianNoise is only active with training=True, which fit provides.
+        return trainer.fit([x_in, noise_mask], x_target, epochs=epochs, batch_size=batch_size,
+                           shuffle=True, verbose=verbose)
+    finally:
+        if classifier is not None:
+            classifier.trainable = was_trainable
 
 
