@@ -16,9 +16,10 @@ line and the RL observation attacks - goes through :class:`Classifier`
   single-output binary models Keras's own thresholding (probability ``> 0.5``, logit ``> 0``);
 - **the adaptive path**: keras_secure's randomized layers (:class:`RandomizedSmoothing`,
   attacked through its differentiable soft estimate, Expectation over Transformation) and
-  non-differentiable layers (the input denoisers, attacked with straight-through BPDA
-  gradients even when built with ``gradient="exact"``), found anywhere inside a model, nested
-  models included. :meth:`Classifier.logits` is that adaptive path; :meth:`Classifier.outputs`
+  non-differentiable layers (the quantising denoisers ``BitDepthReduction`` and
+  ``JpegCompression``, attacked with straight-through BPDA gradients even when built with
+  ``gradient="exact"``; ``MedianSmoothing`` keeps its exact gradient, which is not zero), found
+  anywhere inside a model, nested models included. :meth:`Classifier.logits` is that adaptive path; :meth:`Classifier.outputs`
   and :meth:`Classifier.predict_labels` are the model as deployed.
 
 Example:

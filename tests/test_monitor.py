@@ -45,12 +45,30 @@ def test_every_k_logs_the_measured_value_and_nan_between(digits, tmp_path):
     rows = list(csv.DictReader(open(log)))
     assert len(rows) == 4
     logged = [float(r["val_robust_accuracy"]) for r in rows]
-    assert math.isnan(logged[0]) and math.isnan(logged[2])
-    assert logged[1] == pytest.approx(reference.values[1], abs=1e-12)
-    assert logged[3] == pytest.approx(reference.values[3], abs=1e-12)
-    assert [e for e, _ in monitor.history] == [1, 3]
+    # measured at the first epoch (so that EarlyStopping / ModelCheckpoint start from a real
+    # value), every 2 epochs after it, and at the last epoch; NaN in between
+    assert [e for e, _ in monitor.history] == [0, 2, 3]
+    assert math.isnan(logged[1])
+    for epoch in (0, 2, 3):
+        assert logged[epoch] == pytest.approx(reference.values[epoch], abs=1e-12)
     collapsed = [r["val_robust_accuracy_collapsed"] for r in rows]
-    assert collapsed[0] == collapsed[2] == "nan" and collapsed[1] == "0.0"
+    assert collapsed[1] == "nan" and collapsed[0] == "0.0"
+
+
+def test_every_k_keeps_early_stopping_and_checkpoints_on_real_values(digits, tmp_path):
+    x, y, x_test, y_test = digits
+    keras.utils.set_random_seed(0)
+    model = ks.models.small_cnn(seed=0)
+    model.compile(keras.optimizers.Adam(2e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    monitor = RobustnessMonitor(x_test[:60], y_test[:60], A.FGSM(0.1, value_range=VALUE_RANGE),
+                                every=3)
+    best = tmp_path / "best.keras"
+    checkpoint = keras.callbacks.ModelCheckpoint(str(best), monitor="val_robust_accuracy",
+                                                 mode="max", save_best_only=True)
+    model.fit(x[:256], y[:256], epochs=4, verbose=0, callbacks=[monitor, checkpoint])
+    # the checkpoint's best is the best measured value, never NaN
+    assert checkpoint.best == max(v for _, v in monitor.history)
 
 
 def test_labels_are_checked_against_the_model_before_the_first_step(digits):

@@ -31,9 +31,12 @@ class RobustnessMonitor(keras.callbacks.Callback):
         y_val: their labels (``(n,)``, ``(n, 1)`` or one-hot). Required unless ``x_val`` is a
             dataset.
         attack: a configured keras_secure attack (untargeted).
-        every: evaluate every ``every`` epochs (>= 1). On the other epochs the entry is logged
-            as NaN, so that ``CSVLogger`` keeps its column (note that ``EarlyStopping`` counts
-            a NaN epoch as one without improvement: scale its ``patience``). Defaults to 1.
+        every: evaluate at the first epoch, then every ``every`` epochs, and at the last one
+            (>= 1). On the other epochs the entry is logged as NaN, so that ``CSVLogger`` keeps
+            its column; the first epoch is always measured, so ``EarlyStopping`` and
+            ``ModelCheckpoint`` start from a real value, and since they count a NaN epoch as
+            one without improvement, give ``EarlyStopping`` a ``patience`` of at least
+            ``every``. Defaults to 1.
         max_samples: use only the first ``max_samples`` examples (>= 1), or all. Defaults to
             None.
         name: the log key. Defaults to ``"val_robust_accuracy"``.
@@ -102,7 +105,8 @@ class RobustnessMonitor(keras.callbacks.Callback):
         return float(np.mean((clean == y) & (adv == y)))
 
     def on_epoch_end(self, epoch, logs=None):
-        if (epoch + 1) % self.every:
+        last = epoch + 1 == (self.params or {}).get("epochs")
+        if epoch % self.every and not last:
             if logs is not None:  # NaN keeps CSVLogger's column on the epochs not measured
                 logs[self.key] = float("nan")
                 if self.collapse_drop is not None:

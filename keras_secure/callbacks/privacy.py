@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_secure.attacks.base import check_choice, check_number
+from keras_secure.validation import check_choice, check_number
 from keras_secure.privacy import ghost
 from keras_secure.privacy.accounting import (
     ACCOUNTANTS,

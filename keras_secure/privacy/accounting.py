@@ -22,7 +22,7 @@ from dp_accounting import dp_event, mechanism_calibration
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
-from keras_secure.attacks.base import check_choice, check_number
+from keras_secure.validation import check_choice, check_number
 
 SAMPLINGS = ("poisson", "shuffle")
 ACCOUNTANTS = ("rdp", "pld")

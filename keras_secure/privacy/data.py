@@ -14,7 +14,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from keras_secure.attacks.base import check_number
+from keras_secure.validation import check_number
 
 _MARK = "_keras_secure_poisson_sampling"
 

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import gymnasium as gym
 import numpy as np
 
-from keras_secure.attacks.base import check_number
+from keras_secure.validation import check_number
 
 
 @dataclasses.dataclass(frozen=True)

@@ -72,10 +72,11 @@ from tf_agents.networks import network  # noqa: E402
 from tf_agents.networks import utils as network_utils  # noqa: E402
 from tf_agents.specs import distribution_spec, tensor_spec  # noqa: E402
 
-from keras_secure.attacks.base import check_choice, check_number, margin  # noqa: E402
+from keras_secure.attacks.base import margin  # noqa: E402
 from keras_secure.attacks.pgd import PGD  # noqa: E402
 from keras_secure.classifier import labels_from_logits  # noqa: E402
 from keras_secure.training.losses import kl_adversary, kl_divergence  # noqa: E402
+from keras_secure.validation import check_choice, check_number  # noqa: E402
 from keras_secure.rl.tf_agents import network_scores, to_tf_agents  # noqa: E402
 from keras_secure.rl.wrappers import AdversarialObservation, ObservationNoise  # noqa: E402
 

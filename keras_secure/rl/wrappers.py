@@ -19,7 +19,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.utils import RecordConstructorArgs
 
-from keras_secure.attacks.base import check_choice, check_number
+from keras_secure.validation import check_choice, check_number
 
 REWARD_MODES = ("flip", "scale", "noise", "constant")
 NOISE_KINDS = ("linf", "l2", "gaussian")
@@ -543,7 +543,7 @@ class RewardGuard(gym.Wrapper, RecordConstructorArgs):
 
     def __init__(self, env: gym.Env, reward_range: tuple[float, float] | None = None,
                  window: int = 100, threshold: float = 4.0, min_scale: float = 1e-3):
-        from keras_secure.attacks.base import check_value_range
+        from keras_secure.validation import check_value_range
 
         RecordConstructorArgs.__init__(self, reward_range=reward_range, window=window,
                                        threshold=threshold, min_scale=min_scale)
