@@ -271,3 +271,153 @@ def test_robust_training_recipes(code, marker):
     result = run_python(code, TF_USE_LEGACY_KERAS="1")
     assert result.returncode == 0, result.stderr[-4000:]
     assert marker in result.stdout, result.stdout[-2000:]
+
+
+# Demo chapter 5's Table 3 and Table 4 with values: experiment() runs with hand-set linear
+# Q-networks in place of trained DQN agents (the trainings are what makes the chapter slow and
+# seed-dependent), and every entry - mean and std of the returns, retention, restoration, policy
+# deviation - is recomputed here by plain CartPole loops, with the PGD attack in closed form (on
+# a linear Q-network it moves the observation to the corner of the L-inf ball that pushes the
+# greedy action's advantage down) and the random noise from the same seeded wrapper.
+CH5_VALUES = """
+    import numpy as np
+    import gymnasium as gym
+    from tf_agents.networks import q_network
+    from tf_agents.specs import tensor_spec
+
+    from keras_secure import rl
+    from keras_secure.demo import ch5_rl
+    from keras_secure.rl.tf_agents import to_tf_agents
+
+    spec_env = to_tf_agents(gym.make("CartPole-v1"), seed=0)
+    obs_spec = tensor_spec.from_spec(spec_env.time_step_spec()).observation
+    act_spec = tensor_spec.from_spec(spec_env.action_spec())
+
+    # hand-set linear Q-networks: Q_1 - Q_0 = d . s + e, so the greedy action is 1 iff d . s + e > 0
+    CONTROLLERS = {  # in the order experiment() trains them
+        "baseline": ([0.0, 0.0, 1.0, 0.0], 0.0),            # pole angle only: falls in ~40 steps
+        "reward_tampering": ([0.0, 0.0, 0.0, 0.0], -1.0),   # always pushes left
+        "reward_guard": ([0.0, 0.0, 1.0, 0.3], 0.0),
+        "dynamic_reward_shaping": ([1.0, 0.0, 1.0, 0.0], 0.0),
+        "sa_dqn": ([0.0, 0.0, 1.0, 0.02], 0.0),
+        "adversarial_collection": ([0.0, 0.3, 1.0, 0.0], 0.0),
+    }
+    calls = []
+
+    def stub_train_dqn(make_env, seed, settings, sa_eps=None, collect_env=None, init_from=None):
+        name = list(CONTROLLERS)[len(calls)]
+        calls.append((name, type(make_env()).__name__, sa_eps, collect_env is not None))
+        d, e = CONTROLLERS[name]
+        net = q_network.QNetwork(obs_spec, act_spec, fc_layer_params=())
+        net.create_variables()
+        w = np.zeros((4, 2), np.float32)
+        w[:, 1] = d
+        net.set_weights([w, np.array([0.0, e], np.float32)])
+        return net
+
+    ch5_rl.train_dqn = stub_train_dqn
+    seed = 0
+    results = ch5_rl.experiment(quick=True, seed=seed, log=lambda message: None)
+    assert [c[0] for c in calls] == list(CONTROLLERS), calls
+    assert calls[1][1] == "RewardTampering" and calls[2][1] == "RewardGuard", calls
+    assert calls[3][1] == "DynamicRewardShaping" and calls[4][2] == ch5_rl.STATE_EPS, calls
+    assert calls[5][3] and not any(c[3] for c in calls[:5]), calls
+    settings = ch5_rl._settings(True)
+    episodes, cap, eps = settings["episodes"], settings["max_steps"], ch5_rl.STATE_EPS
+
+    # ---- the reference: plain loops over CartPole, the attack in closed form -------------------
+    def act(name, obs):
+        d, e = CONTROLLERS[name]
+        return int(np.dot(d, obs) + e > 0)
+
+    def worst_case(name, obs):
+        # PGD on a linear Q-network: the CE gradient of the greedy action a* is -p_other (d) for
+        # a* = 1 (+p_other d for a* = 0), constant in sign, and PGD's first step (2.5 eps / steps
+        # >= eps) already reaches the corner obs -+ eps sign(d) of the L-inf ball, the highest-loss
+        # point; coordinates with d_j = 0 do not change the action
+        d, _ = CONTROLLERS[name]
+        return obs - eps * np.sign(d) * (1 if act(name, obs) == 1 else -1)
+
+    def episode_returns(name, perturb=None, env=None, episodes=episodes, max_steps=cap):
+        env = env or gym.make("CartPole-v1")
+        returns = []
+        for k in range(episodes):
+            obs, _ = env.reset(seed=seed + k)
+            total, steps, done = 0.0, 0, False
+            while not done:
+                seen = obs if perturb is None else perturb(obs)
+                obs, reward, terminated, truncated, _ = env.step(act(name, seen))
+                total += reward   # CartPole: 1 per step
+                steps += 1
+                done = terminated or truncated or (max_steps is not None and steps >= max_steps)
+            returns.append(total)
+        return np.mean(returns), np.std(returns)
+
+    def deviation(name, perturb, episodes):
+        env = gym.make("CartPole-v1")
+        changed = total = 0
+        for k in range(episodes):
+            obs, _ = env.reset(seed=seed + k)
+            done = False
+            while not done:
+                seen = perturb(obs)
+                changed += act(name, seen) != act(name, obs)
+                total += 1
+                obs, _, terminated, truncated, _ = env.step(act(name, seen))
+                done = terminated or truncated
+        return changed / total
+
+    clean = episode_returns("baseline")
+    # random noise: the same wrapper seeded as the demo seeds it, rolled out here
+    noise = rl.ObservationNoise(gym.make("CartPole-v1"), eps)
+    noise.reset(seed=seed)
+    noisy_returns = []
+    for k in range(episodes):
+        obs, _ = noise.reset(seed=seed + k)
+        steps, done = 0, False
+        while not done:
+            obs, _, terminated, truncated, _ = noise.step(act("baseline", obs))
+            steps += 1
+            done = terminated or truncated or steps >= cap
+        noisy_returns.append(float(steps))
+    noisy = (np.mean(noisy_returns), np.std(noisy_returns))
+    noisy_deviation = deviation("baseline", noise.observation, min(episodes, 3))
+    attacked = episode_returns("baseline", lambda o: worst_case("baseline", o))
+    attacked_deviation = deviation("baseline", lambda o: worst_case("baseline", o),
+                                   min(episodes, 3))
+    tampered = episode_returns("reward_tampering")
+
+    t3 = results["table3"]
+    expected3 = [(clean, 1.0, 0.0), (noisy, noisy[0] / clean[0], noisy_deviation),
+                 (attacked, attacked[0] / clean[0], attacked_deviation),
+                 (tampered, tampered[0] / clean[0], None)]
+    for row, ((mean, std), retention, dev) in zip(t3, expected3):
+        assert abs(row["mean"] - mean) < 1e-9 and abs(row["std"] - std) < 1e-9, (row, mean, std)
+        assert abs(row["retention"] - retention) < 1e-12, (row, retention)
+        if dev is None:
+            assert row["deviation"] is None, row
+        else:
+            assert abs(row["deviation"] - dev) < 1e-12, (row, dev)
+    t4 = results["table4"]
+    expected4 = [(t3[3]["mean"], episode_returns("reward_guard")),
+                 (t3[3]["mean"], episode_returns("dynamic_reward_shaping")),
+                 (t3[2]["mean"], episode_returns("sa_dqn", lambda o: worst_case("sa_dqn", o))),
+                 (t3[2]["mean"], episode_returns(
+                     "adversarial_collection", lambda o: worst_case("adversarial_collection", o)))]
+    for row, (attacked_mean, (mean, std)) in zip(t4, expected4):
+        assert row["attacked"] == attacked_mean, row
+        defended = row["defended"]
+        assert abs(defended["mean"] - mean) < 1e-9 and abs(defended["std"] - std) < 1e-9, row
+        assert abs(row["restoration"] - mean / clean[0]) < 1e-12, (row, mean / clean[0])
+    for row, name in zip(t4[2:], ("sa_dqn", "adversarial_collection")):
+        mean, std = episode_returns(name)
+        assert abs(row["defended_clean"]["mean"] - mean) < 1e-9, (row, mean)
+    print("CH5 VALUES OK", [(r["mean"], r["retention"], r["deviation"]) for r in t3],
+          [(r["defended"]["mean"], r["restoration"]) for r in t4])
+"""
+
+
+def test_demo_chapter5_tables_equal_an_independent_rollout():
+    result = run_python(CH5_VALUES, TF_USE_LEGACY_KERAS="1")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "CH5 VALUES OK" in result.stdout, result.stdout[-2000:]
