@@ -598,10 +598,7 @@ class Classifier:
                 not self._structural and self.from_logits is None):
             sample = tf.cast(tf.convert_to_tensor(arr[:256]), tf.float32)
             out = self._call(sample).numpy()
-            if not self._structural and _symbolic(self.model) is not None:
-                # a Sequential model without an Input is built by its first call: its layers
-                # now tell the output kind
-                self._read_structure()
+            self.refresh()
             if not self._structural:
                 self._resolve(out)
             elif self._columns is None:
@@ -609,6 +606,23 @@ class Classifier:
         labels = None if y is None else check_labels(y, self.num_classes, arr.shape[0], y_name,
                                                      name)
         return arr, labels
+
+    def refresh(self):
+        """Read the structure again if it could not be read before: a Sequential model without
+        an ``Input`` has no layer graph until its first call (or ``fit``) builds it."""
+        if not self._structural and _symbolic(self.model) is not None:
+            self._read_structure()
+        return self
+
+    def labels_tensor(self, y) -> tf.Tensor:
+        """In-graph reading of a batch of training labels as int32 class indices ``(n,)``:
+        one-hot rows ``(n, k)`` by their 1, ``(n, 1)`` and ``(n,)`` (integer or 0/1 floats, as
+        Keras's binary cross-entropy takes them) as they are. Traceable; for training steps,
+        whose labels Keras has already batched (:meth:`check` validates user data)."""
+        y = tf.convert_to_tensor(y)
+        if y.shape.rank is not None and y.shape.rank >= 2 and y.shape[-1] not in (None, 1):
+            return labels_from_logits(tf.cast(y, tf.float32))
+        return tf.cast(tf.reshape(y, [-1]), tf.int32)
 
     # -- the model as deployed ------------------------------------------------------------------
     def _call(self, x):
@@ -850,4 +864,4 @@ def as_classifier(model, from_logits: bool | None = None) -> Classifier:
     clf = per_model.get(from_logits)
     if clf is None:
         clf = per_model[from_logits] = Classifier(model, from_logits)
-    return clf
+    return clf.refresh()

@@ -375,3 +375,80 @@ def test_logits_are_recovered_under_mixed_precision():
         np.testing.assert_allclose(logits.numpy(), x @ kernel + bias, atol=1e-5)
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+# --------------------------------------------------------------------------------------------
+# Training stages read binary heads through the contract
+# --------------------------------------------------------------------------------------------
+def _train_one_step(model, y, callback, x):
+    history = model.fit(x, y, batch_size=len(x), epochs=1, verbose=0, shuffle=False,
+                        callbacks=[callback])
+    return {k: v[0] for k, v in history.history.items()}
+
+
+@pytest.mark.parametrize("mode", ["madry", "mixed", "trades", "fast"])
+@pytest.mark.parametrize("head", ["dense_sigmoid", "logit"])
+def test_adversarial_training_on_a_binary_head_equals_the_two_class_model(mode, head):
+    """A single-output binary model and the two-class logits model [0, z] with the same weights
+    are the same classifier: with a zero learning rate and the same attack seed, every logged
+    loss must be equal (the two-class model is the reference path)."""
+    x, y = _points(64, seed=4)
+    w = 3.0 * W
+    binary = _binary(head)
+    binary.layers[-1].set_weights([w, np.zeros(1)])
+    binary.compile(keras.optimizers.SGD(0.0),
+                   keras.losses.BinaryCrossentropy(from_logits=head == "logit"))
+    inputs = keras.Input((2,))
+    dense = keras.layers.Dense(2)
+    reference = keras.Model(inputs, dense(inputs))
+    dense.set_weights([np.concatenate([np.zeros_like(w), w], axis=1), np.zeros(2)])
+    reference.compile(keras.optimizers.SGD(0.0),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+    def callback():
+        return ks.callbacks.AdversarialTraining(
+            A.PGD(0.2, steps=3, value_range=VALUE_RANGE, seed=0), mode=mode, ratio=0.3)
+
+    got = _train_one_step(binary, y[:, None].astype(np.float32), callback(), x)
+    want = _train_one_step(reference, y, callback(), x)
+    assert set(want) <= set(got)
+    for key in want:
+        assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
+
+
+@pytest.mark.parametrize("head", ["dense_sigmoid", "logit"])
+def test_distillation_from_and_to_binary_heads(head):
+    x, y = _points(32, seed=5)
+    teacher = _binary(head)
+    teacher.layers[-1].set_weights([4.0 * W, np.zeros(1)])
+    student = _binary("dense_sigmoid")
+    student.layers[-1].set_weights([1.0 * W, np.array([0.2])])
+    student.compile(keras.optimizers.SGD(0.0), keras.losses.BinaryCrossentropy())
+    t = 2.0
+    logs = _train_one_step(student, y[:, None].astype(np.float32),
+                           ks.callbacks.Distillation(teacher, temperature=t, alpha=0.5), x)
+    # by hand: teacher logit 4 (x0 - x1), student logit (x0 - x1) + 0.2, two classes [0, z]
+    def softmax_t(z):
+        two = np.stack([np.zeros_like(z), z], axis=1) / t
+        e = np.exp(two - two.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    d = (x[:, 0] - x[:, 1]).astype(np.float64)
+    p_t, p_s = softmax_t(4.0 * d), softmax_t(d + 0.2)
+    kl = np.mean(np.sum(p_t * np.log(p_t / p_s), axis=1)) * t * t
+    assert logs["distillation_loss"] == pytest.approx(kl, rel=1e-4)
+
+
+def test_train_denoiser_compares_logits_behind_a_softmax(cnn, eval_set):
+    """HGD's loss is on logits: a softmax classifier and the logits classifier it wraps (the
+    same weights) must train the denoiser identically."""
+    x = eval_set[0][:64]
+    softmax = keras.Sequential([keras.Input((8, 8, 1)), cnn, keras.layers.Softmax()])
+    losses = []
+    for classifier in (cnn, softmax):
+        keras.utils.set_random_seed(0)
+        denoiser = L.LearnedDenoiser(filters=4, depth=2, value_range=VALUE_RANGE)
+        history = L.train_denoiser(denoiser, x, classifier=classifier, loss="logits", epochs=2,
+                                   batch_size=32, seed=0)
+        losses.append(history.history["loss"])
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)

@@ -7,17 +7,11 @@ import copy
 import keras
 import tensorflow as tf
 
-from keras_secure.attacks.base import (
-    Attack,
-    check_choice,
-    check_number,
-    ends_in_softmax,
-    logits_function,
-    objective_and_gradient,
-    project_and_clip,
-)
+from keras_secure.attacks.base import Attack, objective_and_gradient, project_and_clip
+from keras_secure.classifier import as_classifier
 from keras_secure.training.hook import Stage, StageCallback
-from keras_secure.training.losses import kl_adversary, kl_divergence, log_probabilities
+from keras_secure.training.losses import kl_adversary, kl_divergence
+from keras_secure.validation import check_choice, check_number
 
 MODES = ("madry", "mixed", "trades", "fast")
 
@@ -36,12 +30,20 @@ class _AdversarialStage(Stage):
         self.attack = copy.copy(attack)
         self.attack.eps = self.eps_var
         self.log_names = ("adv_loss", "trades_kl") if mode == "trades" else ("adv_loss",)
-        self._logits_fn = None
-        self._from_logits = True
+        self._model = None
 
     def check_model(self, model):
-        self._logits_fn = logits_function(model)
-        self._from_logits = not ends_in_softmax(model)
+        self._model = model
+
+    @property
+    def _clf(self):
+        # The classifier contract reads the model's outputs (logits, softmax, one sigmoid unit
+        # or one logit) and the batch's labels; looked up when the step is traced, after fit
+        # has built the model.
+        return as_classifier(self._model)
+
+    def _logits_fn(self, x):
+        return self._clf.logits(x)
 
     def on_epoch_begin(self, epoch):
         if self.warmup_epochs:
@@ -70,10 +72,7 @@ class _AdversarialStage(Stage):
         return (tf.concat([x, x_adv], 0), tf.concat([y, y], 0), weights)
 
     def _labels(self, y):
-        y = tf.convert_to_tensor(y)
-        if y.shape.rank is not None and y.shape.rank >= 2 and y.shape[-1] > 1:
-            return tf.argmax(y, axis=-1, output_type=tf.int32)
-        return tf.cast(tf.reshape(y, [-1]), tf.int32)
+        return self._clf.labels_tensor(y)
 
     def _fast_example(self, x, labels):
         # Wong, Rice & Kolter (2020): uniform start in the ball, one FGSM step of 1.25 eps.
@@ -99,14 +98,14 @@ class _AdversarialStage(Stage):
         if self.mode == "mixed":
             n = self.context()["clean_size"]
             labels = self._labels(y[n:])
-            logp = log_probabilities(y_pred[n:], self._from_logits)
+            logp = self._clf.log_probabilities(y_pred[n:])
             self.record("adv_loss", -tf.gather(logp, labels, batch_dims=1))
             return tf.constant(0.0)
         # trades: CE(f(x), y) (the compiled loss) + beta * KL(f(x) || f(x_adv))
         x_adv = self.context()["x_adv"]
         adv_pred = model(x_adv, training=True)
-        clean_logp = log_probabilities(y_pred, self._from_logits)
-        adv_logp = log_probabilities(adv_pred, self._from_logits)
+        clean_logp = self._clf.log_probabilities(y_pred)
+        adv_logp = self._clf.log_probabilities(adv_pred)
         kl = kl_divergence(clean_logp, adv_logp)
         self.record("trades_kl", kl)
         self.record("adv_loss", -tf.gather(adv_logp, self._labels(y), batch_dims=1))

@@ -8,8 +8,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_secure.attacks.base import check_number, ends_in_softmax, logits_function
+from keras_secure.classifier import as_classifier
 from keras_secure.training.hook import Stage, StageCallback
+from keras_secure.validation import check_number
 
 
 class _DistillationStage(Stage):
@@ -26,25 +27,29 @@ class _DistillationStage(Stage):
         # ignored class/sample weights and the clean/adversarial weights of
         # AdversarialTraining(mode="mixed").
         self.kl = keras.losses.KLDivergence()
-        self._teacher_logits = logits_function(teacher)
-        self._student_from_logits = True
+        self._model = None
 
     def check_model(self, model):
-        student = int(model.output_shape[-1])
-        teacher = int(self.teacher.output_shape[-1])
-        if student != teacher:
+        # Teacher and student are read through the classifier contract: logits, softmax, one
+        # sigmoid unit or one logit (two classes) all give class distributions to compare.
+        counts = []
+        for clf in (as_classifier(model), as_classifier(self.teacher)):
+            try:
+                counts.append(clf.num_classes)
+            except RuntimeError:  # a subclassed model: known after its first batch
+                counts.append(None)
+        if None not in counts and counts[0] != counts[1]:
             raise ValueError(
                 f"`teacher` must predict as many classes as the trained model: the teacher has "
-                f"{teacher} outputs, the model {student}. Received: teacher={self.teacher.name}")
-        self._student_from_logits = not ends_in_softmax(model)
+                f"{counts[1]} classes, the model {counts[0]}. Received: "
+                f"teacher={getattr(self.teacher, 'name', self.teacher)}")
+        self._model = model
 
     def loss(self, model, x, y, y_pred, sample_weight, base_loss):
-        teacher_logits = tf.stop_gradient(self._teacher_logits(x))
-        student = tf.cast(y_pred, tf.float32)
-        if not self._student_from_logits:  # probabilities: log-probabilities are logits
-            student = tf.math.log(tf.clip_by_value(student, 1e-12, 1.0))
         t = self.temperature
-        soft = self.kl(tf.nn.softmax(teacher_logits / t), tf.nn.softmax(student / t),
+        teacher_logits = tf.stop_gradient(as_classifier(self.teacher).logits(x))
+        student_logp = as_classifier(self._model).log_probabilities(y_pred, temperature=t)
+        soft = self.kl(tf.nn.softmax(teacher_logits / t), tf.exp(student_logp),
                        sample_weight=sample_weight) * (t * t)
         self.record("distillation_loss", soft)
         if y is None:  # no labels: the soft targets are the whole loss
@@ -159,6 +164,14 @@ def defensive_distillation(
     teacher = model_fn()
     if not isinstance(teacher, keras.Model):
         raise TypeError(f"`model_fn` must return a Keras model. Received: {teacher!r}")
+    contract = as_classifier(teacher)
+    x, _ = contract.check(x)
+    if contract.kind != "logits":
+        raise ValueError(
+            "`model_fn` must build a model whose outputs are logits over k >= 2 classes: "
+            "defensive distillation divides them by the temperature. Received: a model whose "
+            f"output is {contract.describe()['output']}")
+    y = contract.check_labels(y, x.shape[0])
     hot = scaled(teacher)
     hot.compile(keras.optimizers.Adam(learning_rate),
                 keras.losses.SparseCategoricalCrossentropy(from_logits=True))

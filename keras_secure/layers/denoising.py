@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_secure.classifier import in_adaptive_path
+from keras_secure.classifier import as_classifier, in_adaptive_path
 from keras_secure.validation import check_bool, check_choice, check_number, check_value_range
 
 GRADIENTS = ("bpda", "exact")
@@ -608,8 +608,14 @@ def train_denoiser(denoiser: LearnedDenoiser, x, y=None, *, noise_sigma: float =
         if loss == "logits":
             # frozen for this training only: the caller's classifier is left as it was
             classifier.trainable = False
-            out = classifier(out)
-            x_target = np.asarray(classifier.predict(x_target, batch_size=256, verbose=0))
+            # logits through the classifier contract: a softmax or sigmoid classifier is
+            # compared on the logits behind its activation, as HGD's loss is defined
+            clf = as_classifier(classifier)
+            columns = max(2, int(classifier.output_shape[-1]))
+            out = keras.layers.Lambda(clf.logits, output_shape=(columns,))(out)
+            x_target = np.concatenate([
+                clf.logits(tf.constant(x_target[i:i + 256])).numpy()
+                for i in range(0, len(x_target), 256)])
         trainer = keras.Model([image, mask], out)
         trainer.compile(keras.optimizers.Adam(learning_rate), "mse")
         # GaussianNoise is only active with training=True, which fit provides.
