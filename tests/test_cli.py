@@ -371,7 +371,8 @@ def test_single_output_binary_models(tmp_path, capsys, activation, output):
 def test_model_with_keras_secure_layers_in_a_fresh_process(tmp_path):
     """A .keras file with a keras_secure layer loads (the CLI imports keras_secure first); the
     output names the adaptive path, and stderr holds no TensorFlow logs."""
-    model = keras.Sequential([keras.Input((2,)), ks.layers.BitDepthReduction(3, name="bits"),
+    model = keras.Sequential([keras.Input((2,)),
+                              ks.layers.BitDepthReduction(3, (0, 1), name="bits"),
                               keras.layers.Dense(3)])
     model.layers[-1].set_weights([np.array([[2.0, -1.0, 0.0], [-1.0, 2.0, 0.5]], np.float32),
                                   np.zeros(3, np.float32)])

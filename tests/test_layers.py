@@ -8,6 +8,7 @@ from scipy import ndimage, stats
 
 from keras_secure import layers as L
 
+VR = (0.0, 1.0)
 RNG = np.random.default_rng(0)
 IMAGES = RNG.random((4, 8, 8, 1)).astype(np.float32)
 RGB = RNG.random((2, 16, 16, 3)).astype(np.float32)
@@ -23,15 +24,15 @@ def grad_of(layer, x):
 
 def test_bit_depth_reduction_values_and_gradients():
     x = np.array([[0.0, 0.2, 0.3, 0.49, 0.51, 0.9, 1.0]], np.float32)
-    np.testing.assert_allclose(L.BitDepthReduction(1)(x), [[0, 0, 0, 0, 1, 1, 1]])
-    np.testing.assert_allclose(L.BitDepthReduction(2)(x),
+    np.testing.assert_allclose(L.BitDepthReduction(1, VR)(x), [[0, 0, 0, 0, 1, 1, 1]])
+    np.testing.assert_allclose(L.BitDepthReduction(2, VR)(x),
                                [[0, 1 / 3, 1 / 3, 1 / 3, 2 / 3, 1, 1]], atol=1e-6)
     np.testing.assert_allclose(L.BitDepthReduction(1, value_range=(0, 255))(x * 255),
                                [[0, 0, 0, 0, 255, 255, 255]])
-    np.testing.assert_allclose(grad_of(L.BitDepthReduction(3), IMAGES), np.ones_like(IMAGES))
-    np.testing.assert_allclose(grad_of(L.BitDepthReduction(3, gradient="exact"), IMAGES), 0.0)
+    np.testing.assert_allclose(grad_of(L.BitDepthReduction(3, VR), IMAGES), np.ones_like(IMAGES))
+    np.testing.assert_allclose(grad_of(L.BitDepthReduction(3, VR, gradient="exact"), IMAGES), 0.0)
     with pytest.raises(tf.errors.InvalidArgumentError, match="value_range"):
-        L.BitDepthReduction(3, check_range=True)(IMAGES + 2.0)
+        L.BitDepthReduction(3, VR, check_range=True)(IMAGES + 2.0)
 
 
 def test_median_smoothing_matches_scipy():
@@ -88,37 +89,37 @@ def test_jpeg_compression_equals_pillows_codec(quality):
     # grey and RGB). TensorFlow's defaults differed by up to 8 levels: tf.image's
     # convert_image_dtype truncates x * 255.5 and its decoder used the fast integer IDCT.
     for images in (SMOOTH, SMOOTH[..., :1], RGB, IMAGES):
-        out = L.JpegCompression(quality)(images).numpy()
+        out = L.JpegCompression(quality, VR)(images).numpy()
         np.testing.assert_allclose(out, pillow_jpeg(images, quality), atol=1e-6)
 
 
 def test_jpeg_compression():
-    out = L.JpegCompression(quality=90)(RGB).numpy()
-    err = {q: np.abs(L.JpegCompression(q)(RGB).numpy() - RGB).mean() for q in (10, 50, 95)}
+    out = L.JpegCompression(quality=90, value_range=VR)(RGB).numpy()
+    err = {q: np.abs(L.JpegCompression(q, VR)(RGB).numpy() - RGB).mean() for q in (10, 50, 95)}
     assert err[95] < err[50] < err[10]
     # higher quality, smaller error, also on smooth images (the fast IDCT made quality 95
     # noisier than 90: 2.26 vs 2.00 levels on SMOOTH, 2.08 vs 0.67 on its grey channel)
     for images in (SMOOTH, SMOOTH[..., :1]):
-        err = [np.abs(L.JpegCompression(q)(images).numpy() - images).mean()
+        err = [np.abs(L.JpegCompression(q, VR)(images).numpy() - images).mean()
                for q in (10, 50, 75, 90, 95, 100)]
         assert all(b < a for a, b in zip(err, err[1:])), err
     scaled = L.JpegCompression(90, value_range=(0, 255))(RGB * 255).numpy()
     np.testing.assert_allclose(scaled / 255, out, atol=1e-5)
-    np.testing.assert_allclose(grad_of(L.JpegCompression(50), IMAGES), 1.0)
-    np.testing.assert_allclose(grad_of(L.JpegCompression(50, gradient="exact"), IMAGES), 0.0)
+    np.testing.assert_allclose(grad_of(L.JpegCompression(50, VR), IMAGES), 1.0)
+    np.testing.assert_allclose(grad_of(L.JpegCompression(50, VR, gradient="exact"), IMAGES), 0.0)
     with pytest.raises(ValueError, match="1 or 3 channels"):
-        L.JpegCompression(50)(np.zeros((1, 8, 8, 2), np.float32))
+        L.JpegCompression(50, VR)(np.zeros((1, 8, 8, 2), np.float32))
 
 
 @pytest.mark.parametrize("make, match", [
-    (lambda: L.BitDepthReduction(0), "`bits` must be an integer >= 1 and <= 16"),
-    (lambda: L.BitDepthReduction(17), "Received: bits=17"),
+    (lambda: L.BitDepthReduction(0, VR), "`bits` must be an integer >= 1 and <= 16"),
+    (lambda: L.BitDepthReduction(17, VR), "Received: bits=17"),
     (lambda: L.BitDepthReduction(4, value_range=None), "`value_range` is required"),
-    (lambda: L.BitDepthReduction(4, gradient="none"), "`gradient`"),
+    (lambda: L.BitDepthReduction(4, VR, gradient="none"), "`gradient`"),
     (lambda: L.MedianSmoothing(2), "`window_size` must be an odd"),
     (lambda: L.MedianSmoothing(0), "`window_size`"),
-    (lambda: L.JpegCompression(0), "`quality`"),
-    (lambda: L.JpegCompression(101), "`quality`"),
+    (lambda: L.JpegCompression(0, VR), "`quality`"),
+    (lambda: L.JpegCompression(101, VR), "`quality`"),
     (lambda: L.GaussianSmoothing(0.0), "`sigma`"),
     (lambda: L.LearnedDenoiser(depth=1), "`depth`"),
     (lambda: L.RandomizedSmoothing(keras.layers.Identity(), sigma=0.0), "`sigma`"),
@@ -131,7 +132,7 @@ def test_invalid_arguments(make, match):
 
 
 def test_wrong_rank_is_refused():
-    for layer in (L.MedianSmoothing(3), L.GaussianSmoothing(1.0), L.JpegCompression(50),
+    for layer in (L.MedianSmoothing(3), L.GaussianSmoothing(1.0), L.JpegCompression(50, VR),
                   L.LearnedDenoiser()):
         with pytest.raises(ValueError, match="images of shape"):
             layer(np.zeros((2, 8), np.float32))
@@ -141,7 +142,7 @@ DETERMINISTIC = [
     lambda: L.BitDepthReduction(3, value_range=(0, 1)),
     lambda: L.MedianSmoothing(3),
     lambda: L.GaussianSmoothing(0.7),
-    lambda: L.JpegCompression(60),
+    lambda: L.JpegCompression(60, VR),
     lambda: L.LearnedDenoiser(filters=4, depth=3, value_range=(0, 1)),
 ]
 

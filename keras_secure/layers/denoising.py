@@ -113,7 +113,9 @@ class BitDepthReduction(_QuantizerMixin, _RangeMixin, keras.layers.Layer):
 
     Args:
         bits: bits per value, 1 to 16. Required.
-        value_range: ``(low, high)`` of valid inputs. Defaults to ``(0.0, 1.0)``.
+        value_range: ``(low, high)`` of valid inputs, e.g. ``(0, 1)`` or ``(0, 255)``: the
+            layer quantises within it and clips to it. Required (no default: a range for the
+            wrong data would silently flatten every input).
         gradient: ``"bpda"`` (identity gradient, what an adaptive attack needs) or ``"exact"``
             (the true gradient, zero almost everywhere: masks gradients). Defaults to ``"bpda"``.
         check_range: assert in-graph that inputs lie in ``value_range`` (raises
@@ -141,14 +143,15 @@ class BitDepthReduction(_QuantizerMixin, _RangeMixin, keras.layers.Layer):
         Sense of Security", ICML.
     """
 
-    def __init__(self, bits: int, value_range=(0.0, 1.0), gradient: str = "bpda",
+    def __init__(self, bits: int, value_range=None, gradient: str = "bpda",
                  check_range: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.bits = check_number("bits", bits, low=1, high=16, integer=True)
         self.value_range = check_value_range(value_range)
         if self.value_range is None:
-            raise ValueError("`value_range` is required by BitDepthReduction. "
-                             "Received: value_range=None")
+            raise ValueError(f"`value_range` is required by BitDepthReduction: the range of valid "
+                             "inputs, e.g. (0, 1) for scaled images or (0, 255) for 8-bit "
+                             "ones. Received: value_range=None")
         self.gradient = check_choice("gradient", gradient, GRADIENTS)
         self.check_range = check_bool("check_range", check_range)
 
@@ -348,7 +351,9 @@ class JpegCompression(_QuantizerMixin, _RangeMixin, keras.layers.Layer):
 
     Args:
         quality: JPEG quality, integer 1 to 100. Defaults to 75.
-        value_range: ``(low, high)`` of valid inputs. Defaults to ``(0.0, 1.0)``.
+        value_range: ``(low, high)`` of valid inputs, e.g. ``(0, 1)`` or ``(0, 255)``: the
+            layer quantises within it and clips to it. Required (no default: a range for the
+            wrong data would silently flatten every input).
         gradient: ``"bpda"`` (identity) or ``"exact"`` (zero: masks gradients). Defaults to
             ``"bpda"``.
         check_range: assert in-graph that inputs lie in ``value_range``. Defaults to False
@@ -375,14 +380,15 @@ class JpegCompression(_QuantizerMixin, _RangeMixin, keras.layers.Layer):
         Images using Input Transformations", ICLR.
     """
 
-    def __init__(self, quality: int = 75, value_range=(0.0, 1.0), gradient: str = "bpda",
+    def __init__(self, quality: int = 75, value_range=None, gradient: str = "bpda",
                  check_range: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.quality = check_number("quality", quality, low=1, high=100, integer=True)
         self.value_range = check_value_range(value_range)
         if self.value_range is None:
-            raise ValueError("`value_range` is required by JpegCompression. "
-                             "Received: value_range=None")
+            raise ValueError(f"`value_range` is required by JpegCompression: the range of valid "
+                             "inputs, e.g. (0, 1) for scaled images or (0, 255) for 8-bit "
+                             "ones. Received: value_range=None")
         self.gradient = check_choice("gradient", gradient, GRADIENTS)
         self.check_range = check_bool("check_range", check_range)
 
