@@ -553,3 +553,23 @@ def test_deepfool_overshoot_scales_the_minimal_perturbation(overshoot):
     got = np.linalg.norm(x_adv - x, axis=1)
     np.testing.assert_allclose(got, (1 + overshoot) * (np.abs(score) / np.linalg.norm(wb) + 1e-4),
                                rtol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [1.0, 100.0, 1000.0])
+@pytest.mark.parametrize("make", [
+    lambda: A.FGSM(0.1, value_range=VR),
+    lambda: A.PGD(0.1, steps=10, value_range=VR, seed=0),
+    lambda: A.MIFGSM(0.1, steps=5, value_range=VR),
+    lambda: A.APGD(0.1, steps=10, value_range=VR, seed=0),
+], ids=["FGSM", "PGD", "MI-FGSM", "APGD-CE"])
+def test_cross_entropy_attacks_move_confident_examples(make, scale):
+    """The cross-entropy's float32 gradient is exactly zero once p_y rounds to 1 (logit margin
+    above ~17): a sigmoid model z = s (x0 - x1) with a large s would look robust. The truth does
+    not depend on s: every point with |x0 - x1| <= 2 eps can be flipped in [0, 1]."""
+    x = np.random.default_rng(0).uniform(0.2, 0.8, (200, 2)).astype(np.float32)
+    y = (x[:, 0] > x[:, 1]).astype(np.int64)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.layers[0].set_weights([np.array([[scale], [-scale]], np.float32), np.zeros(1)])
+    x_adv = make()(model, x, y)
+    predicted = (model.predict(x_adv, verbose=0)[:, 0] > 0.5).astype(np.int64)
+    assert np.mean(predicted == y) == pytest.approx(np.mean(np.abs(x[:, 0] - x[:, 1]) > 0.2))

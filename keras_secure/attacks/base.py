@@ -184,6 +184,11 @@ def objective_and_gradient(logits_fn, x, y, loss, targeted, eot_samples: int = 1
     With ``eot_samples > 1`` the model is evaluated that many times and the objective, gradient
     and logits are averaged: Expectation over Transformation (Athalye et al. 2018), the
     gradient estimate an attacker needs against randomized models and layers.
+
+    For ``loss="ce"`` the gradient is that of the log-sum-exp margin, the cross-entropy's
+    gradient divided by ``1 - p_y`` per example: the same direction, without the float32
+    underflow that makes the cross-entropy's gradient exactly zero on confident examples.
+    Every attack steps along the sign or the normalised gradient, so only the direction counts.
     """
     if eot_samples == 1:
         return _objective_and_gradient_once(logits_fn, x, y, loss, targeted)
@@ -195,12 +200,34 @@ def objective_and_gradient(logits_fn, x, y, loss, targeted, eot_samples: int = 1
     return values * scale, grad * scale, logits * scale
 
 
+def log_sum_exp_margin(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    """``logsumexp_{j != y} z_j - z_y`` per example: cross-entropy is ``softplus`` of it, and its
+    gradient is the cross-entropy's divided by ``1 - p_y``, which never underflows."""
+    onehot = tf.one_hot(y, tf.shape(logits)[-1], dtype=logits.dtype)
+    others = tf.reduce_logsumexp(logits - 1e9 * onehot, axis=-1)
+    return others - tf.reduce_sum(logits * onehot, axis=-1)
+
+
+def _ascent_surrogate(logits, y, loss, targeted, values):
+    """What the attack differentiates. For cross-entropy, its gradient ``softmax(z) - onehot(y)``
+    rounds to exactly zero in float32 once ``p_y`` rounds to 1 (a logit margin above about 17):
+    confident examples would never move, and robust accuracy would be overstated (a sigmoid
+    model read as ``[0, z]`` is hit first). The log-sum-exp margin, whose cross-entropy is a
+    monotone function of it, has the same gradient up to a positive factor per example, which
+    sign and normalised steps ignore."""
+    if loss != "ce":
+        return values
+    surrogate = log_sum_exp_margin(logits, y)
+    return -surrogate if targeted else surrogate
+
+
 def _objective_and_gradient_once(logits_fn, x, y, loss, targeted):
     with tf.GradientTape() as tape:
         tape.watch(x)
         logits = logits_fn(x)
         values = objective(logits, y, loss, targeted)
-    grad = tape.gradient(values, x)
+        ascent = _ascent_surrogate(logits, y, loss, targeted, values)
+    grad = tape.gradient(ascent, x)
     if grad is None:
         raise TypeError(
             "The model is not differentiable with respect to its input (the gradient is None). "
