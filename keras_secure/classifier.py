@@ -506,8 +506,8 @@ class Classifier:
             if head.kind == "logits" and k == 1:
                 return "binary_logit"
             return head.kind
-        if from_logits is None:
-            return None  # decided from the outputs (see _resolve)
+        if from_logits is None or k is None:
+            return None  # decided from the outputs, or once their width is known (_resolve)
         return self._kind_for(from_logits, k)
 
     @staticmethod
@@ -523,11 +523,24 @@ class Classifier:
                              f"Received: an output of shape {out.shape}")
         if self._columns is None:
             self._columns = int(out.shape[1])
-        if self.kind is None or (not self._structural and self.from_logits is None):
+        if self.from_logits is not None:  # declared: only the width was missing
+            if self.kind is None:
+                self.kind = self._kind_for(self.from_logits, out.shape[1])
+            return
+        if self.kind is None or not self._structural:
             if _looks_like_probabilities(out):
                 raise ValueError(self._ambiguous_message(out.shape[1]))
             if self.kind is None:
                 self.kind = self._kind_for(True, out.shape[1])
+
+    def _kind_of(self, outputs):
+        """The kind, settled from the outputs' static width if it is still open (in a graph
+        traced before any eager check): the declaration, else logits behind the in-graph
+        guard of :meth:`_checked`."""
+        if self.kind is not None:
+            return self.kind
+        declared = True if self.from_logits is None else self.from_logits
+        return self._kind_for(declared, outputs.shape[-1])
 
     def _ambiguous_message(self, columns) -> str:
         what = ("one column in [0, 1]" if columns == 1 else
@@ -646,7 +659,7 @@ class Classifier:
         one sigmoid (``p > 0.5``) or one logit (``z > 0``) output."""
         outputs = tf.convert_to_tensor(outputs)
         if outputs.shape[-1] == 1:
-            threshold = 0.5 if self.kind == "binary_probability" else 0.0
+            threshold = 0.5 if self._kind_of(outputs) == "binary_probability" else 0.0
             return tf.cast(outputs[:, 0] > threshold, tf.int32)
         return labels_from_logits(outputs)
 
@@ -744,7 +757,7 @@ class Classifier:
             if self._pre is not None:
                 return self._two_columns(tf.cast(self._pre(x, training=False), tf.float32))
             out = self.outputs(x)
-        kind = self.kind or self._kind_for(True, out.shape[-1])
+        kind = self._kind_of(out)
         if kind == "probabilities":
             return tf.math.log(tf.clip_by_value(out, _LOG_FLOOR, 1.0))
         if kind == "binary_probability":
@@ -767,7 +780,7 @@ class Classifier:
         """Log class probabilities ``(n, max(k, 2))`` from the model's own outputs (e.g. the
         ``y_pred`` of a training step), at ``temperature`` (logits divided by it)."""
         outputs = tf.cast(outputs, tf.float32)
-        kind = self.kind or self._kind_for(True, outputs.shape[-1])
+        kind = self._kind_of(outputs)
         if kind in ("probabilities", "binary_probability"):
             if kind == "binary_probability":
                 p = tf.clip_by_value(outputs, _LOG_FLOOR, 1.0 - 1e-7)

@@ -452,3 +452,35 @@ def test_train_denoiser_compares_logits_behind_a_softmax(cnn, eval_set):
                                    batch_size=32, seed=0)
         losses.append(history.history["loss"])
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+
+
+class SubclassedSigmoid(keras.Model):
+    def __init__(self, logit=False):
+        super().__init__()
+        self.dense = keras.layers.Dense(1)
+        self.logit = logit
+
+    def call(self, x):
+        z = self.dense(x)
+        return z if self.logit else keras.ops.sigmoid(z)
+
+
+@pytest.mark.parametrize("logit", [False, True])
+def test_a_declared_subclassed_binary_model_is_read_as_binary(logit):
+    """The refusal tells the user to declare from_logits; the declaration must then give the
+    binary kind once the output width is seen (it gave a softmax kind: every label 1)."""
+    x, y = _points()
+    model = SubclassedSigmoid(logit)
+    model(x[:1])
+    model.dense.set_weights([W, np.zeros(1)])
+    clf = Classifier(model, from_logits=logit)
+    clf.check(x, y)
+    assert clf.kind == ("binary_logit" if logit else "binary_probability")
+    out = model.predict(x, verbose=0)[:, 0]
+    np.testing.assert_array_equal(clf.predict_labels(x), (out > (0.0 if logit else 0.5)))
+    report = evaluate_robustness(clf, x, y, [A.PGD(0.3, steps=20, value_range=VALUE_RANGE,
+                                                   seed=0)])
+    assert report.clean_accuracy == 1.0 and report.results[0].adversarial_accuracy == 0.0
+    if not logit:
+        with pytest.raises(ValueError, match="from_logits=False"):
+            evaluate_robustness(model, x, y, [A.FGSM(0.1)])
