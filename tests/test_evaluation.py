@@ -18,7 +18,7 @@ class Identity(Attack):
     name = "Identity"
 
     def __init__(self):
-        super().__init__(eps=0.1)
+        super().__init__(eps=0.1, value_range=VALUE_RANGE)
 
     def _perturb(self, logits_fn, x, y):
         return x

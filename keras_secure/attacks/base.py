@@ -306,6 +306,9 @@ class Attack:
     uses_gradients = True
     #: whether the attack takes ``eot_samples`` (gradient averaging over random draws)
     supports_eot = False
+    #: whether the attack looks for the smallest perturbation that crosses the decision
+    #: boundary (C&W, DeepFool) rather than the worst point of a budget
+    minimal_norm = False
 
     def __init__(
         self,

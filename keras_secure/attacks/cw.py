@@ -55,6 +55,7 @@ class CarliniWagnerL2(Attack):
     """
 
     name = "C&W"
+    minimal_norm = True
 
     def __init__(self, *, value_range: tuple[float, float] | None = None,
                  confidence: float = 0.0, steps: int = 100, binary_search_steps: int = 9,

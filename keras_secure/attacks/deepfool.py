@@ -52,6 +52,7 @@ class DeepFool(Attack):
     """
 
     name = "DeepFool"
+    minimal_norm = True
 
     def __init__(self, *, steps: int = 50, overshoot: float = 0.02, num_candidates: int = 10,
                  eps: float | None = None, value_range: tuple[float, float] | None = None,

@@ -288,8 +288,10 @@ def evaluate_robustness(
 
     Raises:
         TypeError: if ``attacks`` holds something that is not an ``Attack``.
-        ValueError: for an empty or targeted attack list, NaN / inf inputs, labels that are not
-            class labels of the model, mismatched ``x``/``y``, or a bad ``batch_size``.
+        ValueError: for an empty or targeted attack list, attacks with different
+            ``value_range``, minimal-norm attacks (C&W, DeepFool) on a model with randomized
+            layers, NaN / inf inputs, labels that are not class labels of the model,
+            mismatched ``x``/``y``, or a bad ``batch_size``.
 
     Example:
         >>> from keras_secure import attacks
@@ -314,6 +316,12 @@ def evaluate_robustness(
         if a.targeted:
             raise ValueError("`attacks` must be untargeted for a robustness report. "
                              f"Received: {a!r}")
+    ranges = {a.value_range for a in attacks}
+    if len(ranges) > 1:
+        raise ValueError(
+            "`attacks` must all keep inputs in the same `value_range` (the valid range of the "
+            "data): a worst case over attacks with and without the range would mix inputs "
+            f"that leave it. Received: value ranges {sorted(ranges, key=str)}")
     batch_size = check_number("batch_size", batch_size, low=1, integer=True)
     verbose = check_choice("verbose", int(verbose) if isinstance(verbose, (bool, int)) else
                            verbose, (0, 1, 2))
@@ -323,6 +331,16 @@ def evaluate_robustness(
                          "tf.data.Dataset of (x, y) as `x`). Received: y=None")
     clf = as_classifier(model)
     x, y = clf.check(x, y)
+    minimal = [a.label for a in attacks if a.minimal_norm]
+    if clf.randomized and minimal:
+        raise ValueError(
+            f"`attacks` {minimal} look for the nearest point of the decision boundary, but the "
+            "model contains randomized layers "
+            f"({[type(layer).__name__ for layer, _ in clf.adaptive_layers]}): there its "
+            "deployed prediction is a coin flip, so their examples fail about half the time "
+            "and the report would overstate robustness. Use budgeted attacks with "
+            "Expectation over Transformation instead (PGD, APGD, with eot_samples) or, for "
+            "randomized smoothing, its certified radius (RandomizedSmoothing.certify).")
     n = x.shape[0]
     clean_correct = clf.predict_labels(x, batch_size) == y
     clean_acc = float(clean_correct.mean())
