@@ -128,6 +128,9 @@ def _preflight(attacks, clf, x, y) -> None:
     value range's diameter), on one example, so that they are reported before anything runs
     instead of as a traceback from inside the evaluation. The value range itself was checked
     on all of ``x`` (keras_secure_cli)."""
+    from keras_secure.evaluation import check_attacks
+
+    check_attacks(attacks, clf)  # the report's own refusals (value ranges, randomized models)
     for attack in attacks:
         attack.check_data(clf, x[:1], y[:1])
 

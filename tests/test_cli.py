@@ -432,3 +432,16 @@ def test_quick_demo_writes_a_report(tmp_path, capsys):
     assert all(r["mean"] >= 8 and 0 <= r["retention"] for r in rl["table3"])
     assert len(rl["table4"]) == 4 and all(r["restoration"] >= 0 for r in rl["table4"])
     assert "Table 3 - attacks on a DQN CartPole agent" in report
+
+
+def test_minimal_norm_attacks_on_a_smoothed_model_are_one_line(tmp_path, capsys):
+    base = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    model = keras.Sequential([keras.Input((2,)),
+                              ks.layers.RandomizedSmoothing(base, sigma=0.1, seed=0)])
+    path = str(tmp_path / "smoothed.keras")
+    model.save(path)
+    data = str(tmp_path / "d.npz")
+    np.savez(data, x=np.full((4, 2), 0.5, np.float32), y=np.array([0, 1, 0, 1]))
+    err = _usage_error(capsys, ["evaluate", path, "--data", data, "--eps", "0.1",
+                                "--attacks", "deepfool", "--value-range", "0", "1"])
+    assert "coin flip" in err

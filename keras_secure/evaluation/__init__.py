@@ -5,9 +5,10 @@ from keras_secure.evaluation.report import (
     PAPER_COLUMNS,
     AttackResult,
     RobustnessReport,
+    check_attacks,
     evaluate_robustness,
     threat_model,
 )
 
-__all__ = ["AttackResult", "RobustnessReport", "evaluate_robustness", "PAPER_COLUMNS",
+__all__ = ["AttackResult", "RobustnessReport", "check_attacks", "evaluate_robustness", "PAPER_COLUMNS",
            "threat_model"]

@@ -246,6 +246,58 @@ def _stats(values: np.ndarray) -> tuple[float, float, float]:
     return float(values.mean()), float(np.median(values)), float(np.percentile(values, 90))
 
 
+def check_attacks(attacks, model=None) -> list:
+    """Validate the attacks of a robustness report (and, given the model, that they can measure
+    it), before any attack runs.
+
+    Args:
+        attacks: an :class:`~keras_secure.attacks.Attack` or a sequence of them.
+        model: the model or :class:`keras_secure.Classifier` to be evaluated, or None.
+
+    Returns:
+        The attacks as a list.
+
+    Raises:
+        TypeError: for something that is not an ``Attack``.
+        ValueError: for an empty list, a targeted attack, attacks with different
+            ``value_range``, or minimal-norm attacks on a model with randomized layers.
+
+    Example:
+        >>> check_attacks([FGSM(0.1, value_range=(0, 1))], model)
+    """
+    if isinstance(attacks, Attack):
+        attacks = [attacks]
+    attacks = list(attacks)
+    if not attacks:
+        raise ValueError("`attacks` must hold at least one attack. Received: attacks=[]")
+    for a in attacks:
+        if not isinstance(a, Attack):
+            raise TypeError("`attacks` must hold keras_secure.attacks.Attack objects. "
+                            f"Received: {a!r}")
+        if a.targeted:
+            raise ValueError("`attacks` must be untargeted for a robustness report. "
+                             f"Received: {a!r}")
+    ranges = {a.value_range for a in attacks}
+    if len(ranges) > 1:
+        raise ValueError(
+            "`attacks` must all keep inputs in the same `value_range` (the valid range of the "
+            "data): a worst case over attacks with and without the range would mix inputs "
+            f"that leave it. Received: value ranges {sorted(ranges, key=str)}")
+    if model is not None:
+        clf = as_classifier(model)
+        minimal = [a.label for a in attacks if a.minimal_norm]
+        if clf.randomized and minimal:
+            layers = [type(layer).__name__ for layer, _ in clf.adaptive_layers]
+            raise ValueError(
+                f"`attacks` {minimal} look for the nearest point of the decision boundary, but "
+                f"the model contains randomized layers ({layers}): there its deployed "
+                "prediction is a coin flip, so their examples fail about half the time and the "
+                "report would overstate robustness. Use budgeted attacks with Expectation over "
+                "Transformation instead (PGD, APGD, with eot_samples) or, for randomized "
+                "smoothing, its certified radius (RandomizedSmoothing.certify).")
+    return attacks
+
+
 def evaluate_robustness(
     model,
     x,
@@ -304,24 +356,7 @@ def evaluate_robustness(
         set of attacks, per threat model); Croce & Hein (2020) (AutoAttack's worst-case robust
         accuracy).
     """
-    if isinstance(attacks, Attack):
-        attacks = [attacks]
-    attacks = list(attacks)
-    if not attacks:
-        raise ValueError("`attacks` must hold at least one attack. Received: attacks=[]")
-    for a in attacks:
-        if not isinstance(a, Attack):
-            raise TypeError("`attacks` must hold keras_secure.attacks.Attack objects. "
-                            f"Received: {a!r}")
-        if a.targeted:
-            raise ValueError("`attacks` must be untargeted for a robustness report. "
-                             f"Received: {a!r}")
-    ranges = {a.value_range for a in attacks}
-    if len(ranges) > 1:
-        raise ValueError(
-            "`attacks` must all keep inputs in the same `value_range` (the valid range of the "
-            "data): a worst case over attacks with and without the range would mix inputs "
-            f"that leave it. Received: value ranges {sorted(ranges, key=str)}")
+    attacks = check_attacks(attacks)
     batch_size = check_number("batch_size", batch_size, low=1, integer=True)
     verbose = check_choice("verbose", int(verbose) if isinstance(verbose, (bool, int)) else
                            verbose, (0, 1, 2))
@@ -331,16 +366,7 @@ def evaluate_robustness(
                          "tf.data.Dataset of (x, y) as `x`). Received: y=None")
     clf = as_classifier(model)
     x, y = clf.check(x, y)
-    minimal = [a.label for a in attacks if a.minimal_norm]
-    if clf.randomized and minimal:
-        raise ValueError(
-            f"`attacks` {minimal} look for the nearest point of the decision boundary, but the "
-            "model contains randomized layers "
-            f"({[type(layer).__name__ for layer, _ in clf.adaptive_layers]}): there its "
-            "deployed prediction is a coin flip, so their examples fail about half the time "
-            "and the report would overstate robustness. Use budgeted attacks with "
-            "Expectation over Transformation instead (PGD, APGD, with eot_samples) or, for "
-            "randomized smoothing, its certified radius (RandomizedSmoothing.certify).")
+    check_attacks(attacks, clf)
     n = x.shape[0]
     clean_correct = clf.predict_labels(x, batch_size) == y
     clean_acc = float(clean_correct.mean())
