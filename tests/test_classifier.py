@@ -503,3 +503,33 @@ def test_attacks_of_one_report_share_the_value_range():
     with pytest.raises(ValueError, match="same `value_range`"):
         evaluate_robustness(_binary("logit"), x, y, [A.PGD(0.1, value_range=VALUE_RANGE),
                                                      A.PGD(0.1)])
+
+
+class SubclassedLogits(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(2)
+
+    def call(self, x):
+        return self.dense(x)
+
+
+def test_smoothing_takes_subclassed_layer_and_declared_bases():
+    x, y = _points(40, seed=6)
+    two = np.concatenate([np.zeros_like(W), 10.0 * W], axis=1)
+    subclassed = SubclassedLogits()
+    subclassed(x[:1])
+    subclassed.dense.set_weights([two, np.zeros(2)])
+    layer = keras.layers.Dense(2)
+    layer.build((None, 2))
+    layer.set_weights([two, np.zeros(2)])
+    sigmoid = SubclassedSigmoid()
+    sigmoid(x[:1])
+    sigmoid.dense.set_weights([10.0 * W, np.zeros(1)])
+    far = np.abs(x[:, 0] - x[:, 1]) > 0.25  # > 3.5 sigma * sqrt(2) from the boundary
+    for base in (subclassed, layer, Classifier(sigmoid, from_logits=False)):
+        smoothed = L.RandomizedSmoothing(base, sigma=0.05, seed=0)
+        predictions, radii = smoothed.certify(x, n0=20, n=200, alpha=0.001)
+        np.testing.assert_array_equal(predictions[far], y[far])
+        assert smoothed.num_classes == 2
+    assert smoothed.get_config()["base_from_logits"] is False

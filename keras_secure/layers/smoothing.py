@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 from scipy import stats
 
-from keras_secure.classifier import as_classifier, check_inputs, in_adaptive_path
+from keras_secure.classifier import Classifier, as_classifier, check_inputs, in_adaptive_path
 from keras_secure.validation import check_choice, check_number
 
 #: the class index that marks an abstention in predictions and certifications
@@ -45,7 +45,9 @@ class RandomizedSmoothing(keras.layers.Layer):
     most inputs abstain.
 
     Args:
-        base_classifier: a Keras model or layer mapping inputs to logits ``(batch, classes)``.
+        base_classifier: a Keras model or layer mapping inputs to class scores, read through the
+            classifier contract (logits, softmax, one sigmoid unit or one logit), or a
+            :class:`keras_secure.Classifier` of one that declares ``from_logits``.
         sigma: noise standard deviation in input units, > 0. Required.
         num_samples: noisy copies per example at inference, >= 1. Defaults to 100.
         chunk_size: most noisy copies of one example per forward pass, >= 1. Defaults to 100.
@@ -53,6 +55,9 @@ class RandomizedSmoothing(keras.layers.Layer):
             ``"hard"``.
         attack_samples: noisy copies per call of :meth:`attack_logits`, >= 1. Defaults to 8.
         seed: seed of the noise. Defaults to None.
+        base_from_logits: ``from_logits`` of the base classifier, for a base whose structure
+            does not show its output kind (see :class:`keras_secure.Classifier`); set from a
+            Classifier passed as ``base_classifier``. Defaults to None.
         **kwargs: base layer arguments.
 
     Call arguments:
@@ -84,15 +89,25 @@ class RandomizedSmoothing(keras.layers.Layer):
 
     def __init__(self, base_classifier, sigma: float, num_samples: int = 100,
                  chunk_size: int = 100, vote: str = "hard", attack_samples: int = 8,
-                 seed: int | None = None, **kwargs):
+                 seed: int | None = None, base_from_logits: bool | None = None, **kwargs):
         super().__init__(**kwargs)
-        if not callable(base_classifier):
-            raise TypeError("`base_classifier` must be a Keras model or layer. "
+        if isinstance(base_classifier, Classifier):  # a declared output kind
+            declared, base_classifier = base_classifier, base_classifier.model
+        else:
+            declared = None
+        if not isinstance(base_classifier, keras.layers.Layer):
+            raise TypeError("`base_classifier` must be a Keras model or layer (or a "
+                            "keras_secure.Classifier of one). "
                             f"Received: base_classifier={base_classifier!r}")
         self.base_classifier = base_classifier
         # The base classifier's outputs (logits, softmax, one sigmoid unit...) are read
         # through the classifier contract, never by hand.
-        self._base = as_classifier(base_classifier)
+        self.base_from_logits = base_from_logits if declared is None else declared.from_logits
+        if self.base_from_logits is not None and not isinstance(self.base_from_logits, bool):
+            raise TypeError("`base_from_logits` must be True, False or None. "
+                            f"Received: base_from_logits={base_from_logits!r}")
+        self._base = as_classifier(base_classifier, self.base_from_logits)
+        self._width = None
         self.sigma = check_number("sigma", sigma, low=0.0, low_inclusive=False)
         self.num_samples = check_number("num_samples", num_samples, low=1, integer=True)
         self.chunk_size = check_number("chunk_size", chunk_size, low=1, integer=True)
@@ -110,16 +125,39 @@ class RandomizedSmoothing(keras.layers.Layer):
 
     @property
     def num_classes(self) -> int:
-        """Number of classes of the base classifier (2 for a single-output binary one)."""
-        shape = self.base_classifier.compute_output_shape((None, *self._input_shape()))
-        return max(2, int(shape[-1]))
+        """Number of classes of the base classifier (2 for a single-output binary one); for a
+        base whose output width its structure does not show (a subclassed model), known once
+        the layer has been called."""
+        if self._width is None:
+            try:
+                self._width = self._base.num_classes
+            except RuntimeError:
+                shape = getattr(self, "_build_shapes_dict", None) or {}
+                input_shape = next(iter(shape.values()), None)
+                if input_shape is None:
+                    raise RuntimeError("The number of classes of this RandomizedSmoothing's "
+                                       "base classifier is known once the layer has been "
+                                       "called on a batch.") from None
+                probe = tf.zeros((1, *input_shape[1:]))
+                self._width = max(2, int(self._base.outputs(probe).shape[-1]))
+        return self._width
 
-    def _input_shape(self):
-        return tuple(self.base_classifier.input_shape[1:])
+    def _classes_of(self, x):
+        """Number of classes, in a graph: from the contract, else from the base's output on
+        one example (its static width)."""
+        if self._width is None:
+            try:
+                self._width = self._base.num_classes
+            except RuntimeError:
+                self._width = max(2, int(self._base.outputs(x[:1]).shape[-1]))
+        return self._width
 
     def compute_output_shape(self, input_shape):
-        shape = self.base_classifier.compute_output_shape(input_shape)
-        return (*shape[:-1], max(2, int(shape[-1])))
+        try:
+            columns = self._base.num_classes
+        except RuntimeError:
+            columns = self.base_classifier.compute_output_shape(input_shape)[-1]
+        return (input_shape[0], max(2, int(columns)))
 
     def adaptive_note(self) -> str:
         """How keras_secure's attacks differentiate this layer (shown in reports)."""
@@ -131,7 +169,8 @@ class RandomizedSmoothing(keras.layers.Layer):
                 "base_classifier": keras.saving.serialize_keras_object(self.base_classifier),
                 "sigma": self.sigma, "num_samples": self.num_samples,
                 "chunk_size": self.chunk_size, "vote": self.vote,
-                "attack_samples": self.attack_samples, "seed": self.seed}
+                "attack_samples": self.attack_samples, "seed": self.seed,
+                "base_from_logits": self.base_from_logits}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
@@ -152,7 +191,7 @@ class RandomizedSmoothing(keras.layers.Layer):
         (Keras does not autograph-convert ``Layer.call``), so memory stays bounded.
         """
         n = tf.shape(x)[0]
-        k = self.num_classes
+        k = self._classes_of(x)
         num = tf.convert_to_tensor(num, tf.int32)
         chunk = tf.convert_to_tensor(chunk, tf.int32)
 
