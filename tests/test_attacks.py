@@ -573,3 +573,23 @@ def test_cross_entropy_attacks_move_confident_examples(make, scale):
     x_adv = make()(model, x, y)
     predicted = (model.predict(x_adv, verbose=0)[:, 0] > 0.5).astype(np.int64)
     assert np.mean(predicted == y) == pytest.approx(np.mean(np.abs(x[:, 0] - x[:, 1]) > 0.2))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: A.FGSM(0.1, value_range=VR),
+    lambda: A.PGD(0.1, steps=3, value_range=VR, seed=0),
+    lambda: A.MIFGSM(0.1, steps=3, value_range=VR),
+    lambda: A.APGD(0.1, steps=5, value_range=VR, seed=0),
+    lambda: A.Square(0.1, queries=20, value_range=VR, seed=0),
+    lambda: A.CarliniWagnerL2(value_range=VR, steps=5, binary_search_steps=2),
+    lambda: A.DeepFool(value_range=VR, steps=3),
+], ids=["FGSM", "PGD", "MI-FGSM", "APGD", "Square", "C&W", "DeepFool"])
+def test_one_example_and_batch_size_one_run_like_any_batch(make, cnn, eval_set):
+    """A batch of one example used to fail inside Square's and C&W's loops (shape (1, ...)
+    before the loop, (None, ...) after); the traced attack has an unknown batch dimension."""
+    x, y = eval_set[0][:3], eval_set[1][:3]
+    single = make()(cnn, x[:1], y[:1])
+    assert single.shape == x[:1].shape
+    attack = make()
+    attack.batch_size = 1
+    assert attack(cnn, x, y).shape == x.shape

@@ -391,17 +391,23 @@ class Attack:
     def _perturb(self, logits_fn, x, y):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _compiled_for(self, clf):
-        # One traced function per classifier (the contract caches one per model), with a
-        # relaxed batch dimension so that the last, smaller batch does not retrace. A partial
-        # (not a lambda): TensorFlow counts retracing per code object, and every attack's
-        # lambda would share one, so that each new attack's first trace was reported as
-        # "excessive retracing".
-        fn = self._compiled.get(clf)
+    def _compiled_for(self, clf, x):
+        # One traced function per classifier (the contract caches one per model) and input
+        # shape, with the batch dimension unknown (None) in its signature: any batch size,
+        # one example included, runs the same graph, and the attacks' loops see one shape.
+        # A partial (not a lambda): TensorFlow counts retracing per code object, and every
+        # attack's lambda would share one, so that each new attack's first trace was reported
+        # as "excessive retracing".
+        per_shape = self._compiled.get(clf)
+        if per_shape is None:
+            per_shape = self._compiled[clf] = {}
+        key = tuple(x.shape[1:])
+        fn = per_shape.get(key)
         if fn is None:
+            signature = [tf.TensorSpec((None, *key), tf.float32), tf.TensorSpec((None,), tf.int32)]
             fn = tf.function(functools.partial(_perturb_with, self, weakref.ref(clf)),
-                             reduce_retracing=True)
-            self._compiled[clf] = fn
+                             input_signature=signature)
+            per_shape[key] = fn
         return fn
 
     def __call__(self, model, x, y=None):
@@ -430,7 +436,7 @@ class Attack:
         return_numpy = not tf.is_tensor(x)
         clf = as_classifier(model)
         x, y = self._check_data(clf, x, y)
-        fn = self._compiled_for(clf)
+        fn = self._compiled_for(clf, x)
         n = int(x.shape[0])
         step = self.batch_size or n
         parts = [fn(x[i:i + step], y[i:i + step]) for i in range(0, n, step)]
