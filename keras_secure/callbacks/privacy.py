@@ -161,7 +161,10 @@ class _DPStage(Stage):
             f"on (fixed batches of batch_size, the last of each pass over num_examples="
             f"{self.num_examples} examples holding {self.last_size}). Declared: batch_size="
             f"{self.batch_size}. Expected", expected, "at position", position,
-            f"of the pass (0..{k - 1}). Received: a batch of size", observed])
+            f"of the pass (0..{k - 1}). Received: a batch of size", observed,
+            "(a pipeline that drops the last partial batch, batch(..., drop_remainder=True), "
+            "uses (N // batch_size) * batch_size examples per pass: declare that as "
+            "num_examples)"])
 
     def apply_gradients(self, model, x, y, sample_weight, per_example_loss):
         variables = model.trainable_variables
