@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import warnings
+import weakref
 
 import keras
 import numpy as np
@@ -29,6 +30,7 @@ def _mixing_layers(model):
 
 
 CLIPPINGS = ("auto", "ghost", "vectorized")
+_DP_CALLBACKS = "_keras_secure_dpsgd_callbacks"  # on the model: weak references to its DPSGDs
 
 
 class _DPStage(Stage):
@@ -470,6 +472,22 @@ class DPSGD(StageCallback):
     def on_train_begin(self, logs=None):
         self._check_data(_fit_arguments(self.model))
         self._fit_max_steps = self._budget()
+        # The model remembers the DPSGD callbacks that trained it: a new callback accounts only
+        # its own steps, so training the same model on with a new one would restart epsilon.
+        earlier = [c() for c in getattr(self.model, _DP_CALLBACKS, [])
+                   if c() not in (None, self) and c().steps_done]
+        if earlier:
+            spent = ", ".join(f"{c.epsilon():.3f} at delta={c.delta:g}" for c in earlier)
+            warnings.warn(
+                f"This model was already trained with another DPSGD callback (epsilon "
+                f"{spent}). The epsilon this callback logs "
+                "covers its own steps only; on the same examples the privacy costs compose. "
+                "To account a whole training, pass the same DPSGD callback to every fit call.",
+                UserWarning, stacklevel=2)
+        registry = [c for c in getattr(self.model, _DP_CALLBACKS, []) if c() is not None]
+        if not any(c() is self for c in registry):
+            registry.append(weakref.ref(self))
+        object.__setattr__(self.model, _DP_CALLBACKS, registry)
         iterations = int(self.model.optimizer.iterations.numpy())
         self.stage.fit_start.assign(iterations)
         self._fit = (iterations, self.steps_done, self.passes_done)
