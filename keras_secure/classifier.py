@@ -108,9 +108,9 @@ def check_inputs(x, name: str = "x") -> np.ndarray:
     except (TypeError, ValueError) as err:
         raise TypeError(f"`{name}` must be an array of numbers. Received: {name} of type "
                         f"{type(x).__name__} ({err})") from None
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number)
-                                   or arr.dtype == np.bool_):
-        raise TypeError(f"`{name}` must hold numbers. Received: {name}.dtype={arr.dtype}")
+    if arr.dtype == object or np.iscomplexobj(arr) or not (
+            np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise TypeError(f"`{name}` must hold real numbers. Received: {name}.dtype={arr.dtype}")
     if arr.ndim < 2:
         raise ValueError(f"`{name}` must be a batch of shape (n, ...) with rank >= 2. "
                          f"Received: {name}.shape={arr.shape}")
@@ -207,11 +207,15 @@ def check_labels(y, num_classes: int, n: int | None = None, name: str = "y",
         arr = arr[:, 0]
     elif arr.ndim == 2 and arr.shape[1] == num_classes:
         if not (np.isin(arr, (0, 1)).all() and (arr.sum(axis=1) == 1).all()):
+            other = arr[~np.isin(arr, (0, 1))]
+            found = (f"entries other than 0 and 1, e.g. {other.flat[0]:g} (soft or "
+                     "label-smoothed targets?)" if other.size else
+                     f"rows with {int(arr.sum(axis=1).min())} to {int(arr.sum(axis=1).max())} "
+                     "ones (multi-label targets?)")
             raise ValueError(
                 f"`{name}` of shape (n, {num_classes}) must hold one-hot rows (one 1, the rest "
-                "0); soft or multi-label targets are not class labels. Received: "
-                f"{name} with rows summing to values in [{arr.sum(axis=1).min():g}, "
-                f"{arr.sum(axis=1).max():g}]")
+                f"0): class labels, not soft or multi-label targets. Received: {name} with "
+                f"{found}")
         arr = arr.argmax(axis=1)
     elif arr.ndim != 1:
         raise ValueError(

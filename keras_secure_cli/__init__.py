@@ -345,6 +345,9 @@ def _check_data(x, y, args):
         x, y = x[:args.max_samples], y[:args.max_samples]
     value_range = _check_value_range(args.value_range)
     numeric = np.issubdtype(x.dtype, np.number) and x.size > 0
+    if np.iscomplexobj(x):
+        raise UsageError(f"`x` in --data {path!r} must hold real numbers. "
+                         f"Received: x.dtype={x.dtype}")
     if numeric and np.issubdtype(x.dtype, np.integer) and value_range is None:
         raise UsageError(f"`x` holds integers ({x.dtype}, values in [{x.min()}, {x.max()}]): "
                          "integer images need --value-range LOW HIGH (e.g. --value-range 0 "
@@ -472,3 +475,7 @@ def main(argv=None) -> int:
         parser.exit(2, f"{prog}: error: {err}\n")
     except KeyboardInterrupt:
         parser.exit(130, f"{prog}: interrupted\n")
+    except BrokenPipeError:  # output piped into a reader that closed it early (| head)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 1

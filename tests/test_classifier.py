@@ -533,3 +533,13 @@ def test_smoothing_takes_subclassed_layer_and_declared_bases():
         np.testing.assert_array_equal(predictions[far], y[far])
         assert smoothed.num_classes == 2
     assert smoothed.get_config()["base_from_logits"] is False
+
+
+def test_complex_inputs_and_soft_labels_are_refused_with_what_is_wrong():
+    with pytest.raises(TypeError, match="real numbers"):
+        ks.classifier.check_inputs(np.ones((2, 3), np.complex64))
+    smoothed = np.array([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05]])
+    with pytest.raises(ValueError, match="label-smoothed"):
+        check_labels(smoothed, 3)
+    with pytest.raises(ValueError, match="multi-label"):
+        check_labels(np.array([[1, 1, 0], [0, 1, 0]]), 3)
