@@ -116,10 +116,11 @@ def defensive_distillation(
     4. The student is deployed at ``T = 1``: its logits are used as they are, compiled with the
        ordinary cross-entropy on logits.
 
-    Its logits grow roughly ``T`` times larger, so the softmax saturates and the gradient of the
-    cross-entropy vanishes: gradient attacks on the cross-entropy (FGSM, PGD-CE) report high
+    Its logits grow roughly ``T`` times larger, so the softmax saturates and the float32 gradient
+    of the cross-entropy vanishes: a naive gradient attack on the cross-entropy reports high
     robustness. That is gradient masking, not robustness: attacks on the logits' margin (C&W,
-    PGD with ``loss="margin"``, APGD-DLR) break it (Carlini & Wagner 2016, 2017). Use it to
+    PGD with ``loss="margin"``, APGD-DLR) break it (Carlini & Wagner 2016, 2017), and so do
+    keras_secure's cross-entropy attacks, which step along the log-sum-exp margin. Use it to
     demonstrate masking, not as a defence.
 
     Args:

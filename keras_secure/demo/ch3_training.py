@@ -81,9 +81,10 @@ def run(ctx) -> None:
         f"adversarial modes generate PGD-7 / FGSM examples at L-inf eps={EPS} on the fly inside "
         "`fit` (keras_secure.callbacks.AdversarialTraining). Evaluation: FGSM, PGD with the "
         "cross-entropy and with the margin loss, and C&W-L2 within L2 "
-        f"{L2_EPS}. Defensive distillation looks robust to PGD on the cross-entropy because its "
-        "softmax saturates (gradient masking); the margin loss and C&W, which work on the "
-        "logits, expose it.\n\n"
+        f"{L2_EPS}. Defensive distillation saturates its softmax, which zeroes the plain float32 "
+        "gradient of the cross-entropy (gradient masking against a naive attacker); "
+        "keras_secure's PGD on the cross-entropy steps along the log-sum-exp margin instead "
+        "and, like the margin loss and C&W, is not fooled.\n\n"
         "Table 2 - Adversarial Training and Defensive Distillation (accuracy %)\n\n" + table
         + "\n\nRobust accuracy under PGD-10 on 100 test digits after each epoch "
         "(keras_secure.callbacks.RobustnessMonitor, logged as `val_robust_accuracy`):\n\n"
