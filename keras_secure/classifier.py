@@ -261,6 +261,7 @@ class _Head:
     kind: str | None
     pre: Callable | None
     description: str
+    adaptive_pre: bool = False  # ``pre`` is a randomized layer's adaptive (attack) path
 
 
 def _symbolic(model):
@@ -306,8 +307,17 @@ def _analyze(model) -> _Head:
     sym = _symbolic(model)
     if sym is None:
         if getattr(model, "output_kind", None) == "probabilities":  # RandomizedSmoothing
-            return _Head("probabilities", None,
-                         f"class probabilities of {type(model).__name__} {model.name!r}")
+            return _Head("probabilities", _log_space(model),
+                         f"class probabilities of {type(model).__name__} {model.name!r}",
+                         adaptive_pre=True)
+        if type(model) is keras.layers.Dense and model.built:  # a bare Dense head
+            name = _activation_name(model)
+            if name in ("softmax", "sigmoid"):
+                return _Head("probabilities" if name == "softmax" else "binary_probability",
+                             _dense_logits(lambda x, training=False: x, model),
+                             f"recovered before the {name} of layer {model.name!r}")
+            if name in ("linear", "log_softmax"):
+                return _Head("logits", None, f"logits of layer {model.name!r}")
         return _Head(None, None, "")
     inputs, outputs = sym
     if len(outputs) != 1:
@@ -323,14 +333,23 @@ def _analyze(model) -> _Head:
         if inner.kind is None or inner.pre is None:
             return _Head(inner.kind, None, inner.description)
         outer = keras.Model(inputs, t, name=f"{model.name}_to_{op.name}")
+        adaptive_inner = inner.adaptive_pre
 
         def nested(x, training=False, _outer=outer, _inner=inner.pre):
             return _inner(_outer(x, training=training), training=training)
 
-        return _Head(inner.kind, nested, inner.description)
+        return _Head(inner.kind, nested, inner.description, adaptive_inner)
     if getattr(op, "output_kind", None) == "probabilities":
-        return _Head("probabilities", None, f"class probabilities of {type(op).__name__} "
-                                            f"{op_name!r}")
+        where = f"class probabilities of {type(op).__name__} {op_name!r}"
+        if t is None:
+            return _Head("probabilities", None, where)
+        before = keras.Model(inputs, t, name=f"{model.name}_to_{op_name}")
+
+        def through(x, training=False, _before=before, _layer=op):
+            return _layer.attack_logits(_before(x, training=training))
+
+        return _Head("probabilities", through if callable(
+            getattr(op, "attack_logits", None)) else None, where, adaptive_pre=True)
     if name not in ("softmax", "sigmoid"):
         if name in ("linear", "log_softmax") and (
                 isinstance(op, _LINEAR_LAYERS) or isinstance(op, keras.layers.Activation)):
@@ -348,21 +367,33 @@ def _analyze(model) -> _Head:
         return _Head(probability_kind, pre_model, where)
     if type(op) is keras.layers.Dense:
         features = keras.Model(inputs, t, name=f"{model.name}_features")
-
-        def dense_logits(x, training=False, _features=features, _layer=op):
-            # float32 whatever the dtype policy (mixed precision keeps float32 variables)
-            h = tf.cast(_features(x, training=training), tf.float32)
-            z = tf.matmul(h, tf.cast(tf.convert_to_tensor(_layer.kernel), tf.float32))
-            return z + tf.cast(tf.convert_to_tensor(_layer.bias), tf.float32) if (
-                _layer.use_bias) else z
-
-        return _Head(probability_kind, dense_logits, where)
+        return _Head(probability_kind, _dense_logits(features, op), where)
     raise TypeError(
         f"`model` ends in layer {op_name!r} ({type(op).__name__}) with a {name} activation "
         "that keras_secure cannot undo. Attacks need logits: build the model with a linear "
         f"last layer followed by a separate keras.layers.Activation({name!r}) (or Softmax), or "
         "wrap it as ks.Classifier(model, from_logits=False) to attack log-probabilities "
         "(weaker: saturated probabilities mask gradients).")
+
+
+def _dense_logits(features, layer):
+    """``x -> features(x) @ kernel + bias``: the logits of a Dense layer with a softmax or
+    sigmoid activation, in float32 whatever the dtype policy."""
+
+    def dense_logits(x, training=False):
+        h = tf.cast(features(x, training=training), tf.float32)
+        z = tf.matmul(h, tf.cast(tf.convert_to_tensor(layer.kernel), tf.float32))
+        return z + tf.cast(tf.convert_to_tensor(layer.bias), tf.float32) if layer.use_bias else z
+
+    return dense_logits
+
+
+def _log_space(layer):
+    """A probability layer's own log-space logits (``attack_logits``), or None."""
+    attack_logits = getattr(layer, "attack_logits", None)
+    if not callable(attack_logits):
+        return None
+    return lambda x, training=False: attack_logits(x)
 
 
 def adaptive_layers(model) -> list:
@@ -472,6 +503,7 @@ class Classifier:
             if callable(attack_logits):
                 self._attack_logits = attack_logits
         self._pre = head.pre
+        self._pre_adaptive = head.adaptive_pre
         self._structural = head.kind is not None
         self.kind = self._declare(head, from_logits)
         self._output_note = head.description
@@ -758,7 +790,7 @@ class Classifier:
             if self._attack_logits is not None:
                 z = tf.cast(self._attack_logits(x), tf.float32)
                 return self._two_columns(z)
-            if self._pre is not None:
+            if self._pre is not None and (self.adaptive or not self._pre_adaptive):
                 return self._two_columns(tf.cast(self._pre(x, training=False), tf.float32))
             out = self.outputs(x)
         kind = self._kind_of(out)
@@ -793,6 +825,26 @@ class Classifier:
                 logp = tf.math.log(tf.clip_by_value(outputs, _LOG_FLOOR, 1.0))
             return logp if temperature == 1.0 else tf.nn.log_softmax(logp / temperature, -1)
         return tf.nn.log_softmax(self._two_columns(outputs) / temperature, axis=-1)
+
+    @property
+    def logits_from_log_probabilities(self) -> bool:
+        """True when the attacks' logits are the log of the model's probabilities (a declared
+        probability model whose layers do not give the logits): where a probability rounds to
+        0 or 1 in float32 those carry no gradient (see :meth:`saturated`)."""
+        return self.kind in ("probabilities", "binary_probability") and (
+            self._attack_logits is None and (self._pre is None or (
+                self._pre_adaptive and not self.adaptive)))
+
+    def saturated(self, x, batch_size: int = 256) -> np.ndarray:
+        """Per example, True where the model's top probability rounds to 1 in float32 (so its
+        log-probabilities have no gradient); only meaningful when
+        :attr:`logits_from_log_probabilities`.
+
+        Example:
+            >>> clf.saturated(x).mean()
+        """
+        logp = self.predict_log_probabilities(x, batch_size)
+        return logp.max(axis=1) >= -1e-6
 
     # -- description ----------------------------------------------------------------------------
     @property

@@ -4,6 +4,8 @@ Every expectation here is computed independently of the code under test: hand-se
 known answers, Keras's own predictions and thresholding, NumPy.
 """
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -313,8 +315,9 @@ def test_randomized_smoothing_is_attacked_through_its_soft_path_wherever_it_sits
         assert report.results[0].adversarial_accuracy == 0.0
     # What the contract prevents: the deployed hard votes have a zero gradient, and an attack
     # on them (adaptive=False, only for showing this) stalls and overstates robustness.
-    naive = evaluate_robustness(Classifier(wrapped, adaptive=False), x, y,
-                                [A.PGD(0.35, steps=20, value_range=VALUE_RANGE, seed=0)])
+    with pytest.warns(UserWarning, match="rounds to 1"):  # the hard votes saturate
+        naive = evaluate_robustness(Classifier(wrapped, adaptive=False), x, y,
+                                    [A.PGD(0.35, steps=20, value_range=VALUE_RANGE, seed=0)])
     assert naive.results[0].adversarial_accuracy >= 0.5
     assert "NOT adaptive" in naive.classifier["adaptive_path"][0]
 
@@ -543,3 +546,61 @@ def test_complex_inputs_and_soft_labels_are_refused_with_what_is_wrong():
         check_labels(smoothed, 3)
     with pytest.raises(ValueError, match="multi-label"):
         check_labels(np.array([[1, 1, 0], [0, 1, 0]]), 3)
+
+
+class SubclassedSoftmax(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(3)
+
+    def call(self, x):
+        return keras.ops.softmax(self.dense(x))
+
+
+def test_saturated_log_probabilities_are_flagged_not_reported_silently():
+    """A declared probability model whose layers cannot give the logits is attacked through
+    log p; where p rounds to 1 that has no gradient (a reviewer measured 74-78% reported against
+    a true 59.5%). The report warns and records it."""
+    x = np.random.default_rng(7).uniform(0.2, 0.8, (40, 4)).astype(np.float32)
+    model = SubclassedSoftmax()
+    model(x[:1])
+    kernel = np.zeros((4, 3), np.float32)
+    kernel[0, 0] = kernel[1, 1] = kernel[2, 2] = 1000.0
+    model.dense.set_weights([kernel, np.zeros(3, np.float32)])
+    y = model.predict(x, verbose=0).argmax(axis=1)
+    with pytest.warns(UserWarning, match="rounds to 1 in float32"):
+        report = evaluate_robustness(Classifier(model, from_logits=False), x, y,
+                                     [A.FGSM(0.05, value_range=VALUE_RANGE)])
+    assert "overstate" in report.classifier["warnings"][0]
+    model.dense.set_weights([kernel / 1000.0, np.zeros(3, np.float32)])  # not saturated
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluate_robustness(Classifier(model, from_logits=False), x, y,
+                            [A.FGSM(0.05, value_range=VALUE_RANGE)])
+
+
+def test_float32_eps_is_the_same_threat_model(cnn, eval_set):
+    x, y = eval_set[0][:40], eval_set[1][:40]
+    report = evaluate_robustness(cnn, x, y, [
+        A.FGSM(0.1, value_range=VALUE_RANGE),
+        A.PGD(np.float32(0.1), steps=3, value_range=VALUE_RANGE, seed=0)])
+    assert len(report.worst_cases) == 1
+    assert report.worst_case.adversarial_accuracy <= min(
+        r.adversarial_accuracy for r in report.results)
+
+
+def test_minimal_norm_attacks_called_directly_on_randomized_models_are_refused():
+    x, y = _points(10)
+    smoothed = L.RandomizedSmoothing(_binary("logit"), sigma=0.1, seed=0)
+    for attack in (A.DeepFool(value_range=VALUE_RANGE), A.CarliniWagnerL2(value_range=VALUE_RANGE)):
+        with pytest.raises(ValueError, match="coin flip"):
+            attack(smoothed, x, y)
+
+
+def test_bit_depth_reduction_takes_integer_images_and_bare_dense_heads_are_read():
+    images = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 1)).astype(np.uint8)
+    out = L.BitDepthReduction(3, value_range=(0, 255))(images).numpy()
+    np.testing.assert_allclose(out, np.round(images / 255.0 * 7) / 7 * 255, atol=1e-3)
+    head = keras.layers.Dense(1, activation="sigmoid")
+    head.build((None, 2))
+    assert Classifier(head).kind == "binary_probability"

@@ -470,6 +470,13 @@ class Attack:
             raise ValueError("`y` (the target classes) is required when targeted=True. "
                              "Received: y=None")
         arr, labels = clf.check(x, y)
+        if self.minimal_norm and clf.randomized:
+            raise ValueError(
+                f"{type(self).__name__} looks for the nearest point of the decision boundary, "
+                "but the model contains randomized layers: there its deployed prediction is a "
+                "coin flip, so the examples fail about half the time. Use a budgeted attack "
+                "with Expectation over Transformation (PGD, APGD with eot_samples) or, for "
+                "randomized smoothing, its certified radius (RandomizedSmoothing.certify).")
         if np.issubdtype(arr.dtype, np.integer) and self.value_range is None:
             raise TypeError(
                 "`x` has an integer dtype but the attack has no `value_range`: integer images "

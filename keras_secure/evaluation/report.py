@@ -8,6 +8,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from typing import Sequence
 
 import keras
@@ -367,6 +368,19 @@ def evaluate_robustness(
     clf = as_classifier(model)
     x, y = clf.check(x, y)
     check_attacks(attacks, clf)
+    description = clf.describe()
+    if clf.logits_from_log_probabilities and any(a.uses_gradients for a in attacks):
+        saturated = int(clf.saturated(x, batch_size).sum())
+        if saturated:
+            message = (
+                f"{saturated} of {x.shape[0]} examples have a top probability that rounds to 1 "
+                "in float32: the attacks read this model's logits as log-probabilities, which "
+                "have no gradient there, so gradient attacks cannot move those examples and "
+                "the figures may overstate robustness. Give keras_secure the logits: a model "
+                "that outputs them (declare from_logits=True), or one whose last layer is a "
+                "softmax/sigmoid keras_secure can see.")
+            warnings.warn(message, UserWarning, stacklevel=2)
+            description["warnings"] = [message]
     n = x.shape[0]
     clean_correct = clf.predict_labels(x, batch_size) == y
     clean_acc = float(clean_correct.mean())
@@ -402,7 +416,7 @@ def evaluate_robustness(
             print(f" accuracy {100 * adv_correct.mean():.1f}% ({seconds:.1f} s)",
                   file=sys.stderr, flush=True)
     return RobustnessReport(results, _worst_cases(results, survived, clean_correct),
-                            clf.describe())
+                            description)
 
 
 def _worst_cases(results, survived, clean_correct) -> list[AttackResult]:
@@ -411,12 +425,13 @@ def _worst_cases(results, survived, clean_correct) -> list[AttackResult]:
     for row, robust in zip(results, survived):
         if row.eps is None:
             continue  # minimal-norm attack without a budget: no threat model to be worst in
-        groups.setdefault((row.norm, row.eps), []).append((row, robust))
+        # grouped by the label the user reads: an eps of np.float32(0.1) is the budget 0.1
+        groups.setdefault(row.threat_model, []).append((row, robust))
     worst = []
     clean_acc = float(clean_correct.mean())
-    for (norm, eps), members in groups.items():
+    for label, members in groups.items():
         robust = np.logical_and.reduce([r for _, r in members]) & clean_correct
-        label = threat_model(norm, eps)
+        norm, eps = members[0][0].norm, members[0][0].eps
         worst.append(AttackResult(
             attack=f"Worst case ({label})", norm=norm, eps=eps, threat_model=label,
             num_examples=len(clean_correct), clean_accuracy=clean_acc,

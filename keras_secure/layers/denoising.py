@@ -162,7 +162,9 @@ class BitDepthReduction(_QuantizerMixin, _RangeMixin, keras.layers.Layer):
         return tf.round(t * levels) / levels * (high - low) + low
 
     def call(self, inputs, training=None):
-        return self._gradient_wrapper()(self._quantise, self._checked(inputs))
+        x = tf.convert_to_tensor(inputs)
+        x = x if x.dtype.is_floating else tf.cast(x, self.compute_dtype)  # e.g. uint8 images
+        return self._gradient_wrapper()(self._quantise, self._checked(x))
 
     def compute_output_shape(self, input_shape):
         return input_shape

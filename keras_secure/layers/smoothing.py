@@ -227,10 +227,16 @@ class RandomizedSmoothing(keras.layers.Layer):
 
     def attack_logits(self, x):
         """Log-probabilities of the soft smoothed classifier from ``attack_samples`` noisy
-        copies: a differentiable surrogate of ``g`` that attacks use (SmoothAdv). It is the
-        layer's output on the classifier contract's adaptive path, so a model that contains
-        this layer is attacked through it too."""
-        return tf.math.log(self._soft_estimate(x) + 1e-12)
+        copies: a differentiable surrogate of ``g`` that attacks use (SmoothAdv), computed in
+        log space (log-mean-exp of the base's log-softmax) so that it keeps its gradient where
+        the mean softmax rounds to 0 or 1. The classifier contract attacks a model that ends in
+        this layer through it; elsewhere in a model the layer's adaptive output is the soft
+        estimate itself."""
+        n = tf.shape(x)[0]
+        copies = self._noisy(tf.repeat(x, self.attack_samples, axis=0))
+        logp = tf.nn.log_softmax(self._base.logits(copies))
+        logp = tf.reshape(logp, [n, self.attack_samples, -1])
+        return tf.reduce_logsumexp(logp, axis=1) - tf.math.log(float(self.attack_samples))
 
     def sample_counts(self, x, num: int, batch_size: int = 1000, verbose=0) -> np.ndarray:
         """Class vote counts of ``num`` noisy copies per example, shape ``(n, classes)``.
