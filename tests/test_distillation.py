@@ -164,7 +164,7 @@ def _naive_pgd_ce(model, x, y, eps=0.1, steps=20):
     for _ in range(steps):
         with tf.GradientTape() as tape:
             tape.watch(x_adv)
-            loss = tf.keras.losses.sparse_categorical_crossentropy(y, model(x_adv),
+            loss = keras.losses.sparse_categorical_crossentropy(y, model(x_adv),
                                                                    from_logits=True)
         x_adv = x_adv + 2.5 * eps / steps * tf.sign(tape.gradient(loss, x_adv))
         x_adv = tf.clip_by_value(tf.clip_by_value(x_adv, x - eps, x + eps), 0.0, 1.0)
