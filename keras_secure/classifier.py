@@ -411,14 +411,15 @@ def adaptive_layers(model) -> list:
     return found
 
 
-def _looks_like_probabilities(out: np.ndarray) -> bool:
-    out = np.asarray(out, np.float64)
-    if out.ndim != 2 or not np.isfinite(out).all():
-        return False
-    in_unit = (out >= 0.0).all() and (out <= 1.0).all()
-    if out.shape[1] == 1:
-        return bool(in_unit)
-    return bool(in_unit and np.allclose(out.sum(axis=1), 1.0, atol=_PROBABILITY_ATOL))
+def _looks_like_probabilities(out) -> tf.Tensor:
+    """Scalar bool tensor: every row of ``(n, k)`` outputs could be probabilities (finite, in
+    [0, 1], and for k >= 2 summing to 1). One rule for the eager check and the in-graph guard."""
+    out = tf.convert_to_tensor(out, tf.float32)
+    looks = tf.reduce_all(tf.math.is_finite(out)) & tf.reduce_all((out >= 0.0) & (out <= 1.0))
+    if out.shape[-1] != 1:
+        sums = tf.reduce_sum(out, axis=-1)
+        looks = looks & tf.reduce_all(tf.abs(sums - 1.0) <= _PROBABILITY_ATOL)
+    return looks
 
 
 # --------------------------------------------------------------------------------------------
@@ -564,7 +565,7 @@ class Classifier:
                 self.kind = self._kind_for(self.from_logits, out.shape[1])
             return
         if self.kind is None or not self._structural:
-            if _looks_like_probabilities(out):
+            if bool(_looks_like_probabilities(out)):
                 raise ValueError(self._ambiguous_message(out.shape[1]))
             if self.kind is None:
                 self.kind = self._kind_for(True, out.shape[1])
@@ -769,14 +770,8 @@ class Classifier:
         probabilities fail the call instead of being read as logits."""
         if self._structural or self.from_logits is not None:
             return out
-        finite = tf.reduce_all(tf.math.is_finite(out))
-        in_unit = tf.reduce_all((out >= 0.0) & (out <= 1.0))
-        if out.shape[-1] == 1:
-            looks = finite & in_unit
-        else:
-            sums = tf.reduce_sum(out, axis=-1)
-            looks = finite & in_unit & tf.reduce_all(tf.abs(sums - 1.0) <= _PROBABILITY_ATOL)
-        tf.debugging.Assert(tf.logical_not(looks), [self._ambiguous_message(out.shape[-1])])
+        tf.debugging.Assert(tf.logical_not(_looks_like_probabilities(out)),
+                            [self._ambiguous_message(out.shape[-1])])
         return out
 
     def logits(self, x) -> tf.Tensor:

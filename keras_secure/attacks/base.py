@@ -76,12 +76,6 @@ def logits_function(model) -> Callable[[tf.Tensor], tf.Tensor]:
     return as_classifier(model).logits
 
 
-def ends_in_softmax(model) -> bool:
-    """True if the classifier contract reads ``model``'s outputs as probabilities (softmax or
-    one sigmoid unit) rather than logits."""
-    return as_classifier(model).kind in ("probabilities", "binary_probability")
-
-
 # --------------------------------------------------------------------------------------------
 # Tensor helpers used inside attack loops (pure TensorFlow, traceable)
 # --------------------------------------------------------------------------------------------
