@@ -121,3 +121,36 @@ def test_report_rejects_bad_input(cnn, eval_set):
         evaluate_robustness(cnn, x, y[:-1], [A.FGSM(0.1)])
     with pytest.raises(ValueError, match="`batch_size`"):
         evaluate_robustness(cnn, x, y, [A.FGSM(0.1)], batch_size=0)
+
+
+def test_per_class_and_saved_examples_match_the_rows(cnn, eval_set, tmp_path):
+    x, y = eval_set
+    fgsm, pgd = A.FGSM(0.1, value_range=VALUE_RANGE), A.PGD(0.1, steps=5, value_range=VALUE_RANGE,
+                                                             seed=0)
+    report = evaluate_robustness(cnn, x, y, [fgsm, pgd], keep_adversarial=True)
+    per_class = report.per_class()
+    assert [r["class"] for r in per_class] == sorted(set(y.tolist()))
+    assert sum(r["num_examples"] for r in per_class) == len(y)
+    for row in report.rows:  # the class-weighted mean of per-class accuracies is the row's
+        weighted = sum(r["num_examples"] * r["robust_accuracy"][row.attack]
+                       for r in per_class) / len(y)
+        assert weighted == pytest.approx(row.adversarial_accuracy)
+    # recomputed by hand for one class from the saved examples
+    path = report.save_adversarial(str(tmp_path / "adv"))
+    saved = np.load(path)
+    assert list(saved["attacks"]) == [r.attack for r in report.results]
+    np.testing.assert_array_equal(saved["y"], y)
+    pred = np.argmax(cnn.predict(saved["x_adv_1"], verbose=0), axis=1)
+    np.testing.assert_array_equal(saved["pred_1"], pred)
+    assert np.abs(saved["x_adv_1"] - x).max() <= 0.1 + 1e-6
+    c = per_class[0]["class"]
+    members = y == c
+    by_hand = ((saved["clean_pred"] == y) & (saved["pred_1"] == y))[members].mean()
+    assert per_class[0]["robust_accuracy"][report.results[1].attack] == pytest.approx(by_hand)
+    assert "Class" in report.per_class_table()
+    plain = evaluate_robustness(cnn, x, y, [fgsm])
+    assert plain.adversarial == {} and plain.inputs is None
+    with pytest.raises(ValueError, match="keep_adversarial"):
+        plain.save_adversarial(str(tmp_path / "none"))
+    with pytest.raises(TypeError, match="keep_adversarial"):
+        evaluate_robustness(cnn, x, y, [fgsm], keep_adversarial="yes")

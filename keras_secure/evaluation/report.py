@@ -16,7 +16,7 @@ import numpy as np
 
 from keras_secure.attacks.base import Attack
 from keras_secure.classifier import as_arrays, as_classifier
-from keras_secure.validation import check_choice, check_number
+from keras_secure.validation import check_bool, check_choice, check_number
 
 PAPER_COLUMNS = ("Attack Type", "Clean Accuracy (%)", "Accuracy Under Attack (%)",
                  "Accuracy Drop (%)")
@@ -98,10 +98,26 @@ class RobustnessReport:
     """
 
     def __init__(self, results: Sequence[AttackResult], worst_cases: Sequence[AttackResult],
-                 classifier: dict | None = None):
+                 classifier: dict | None = None, *, labels=None, clean_correct=None,
+                 robust: dict | None = None, inputs=None, adversarial: dict | None = None,
+                 predictions: dict | None = None):
         self.results = list(results)
         self.worst_cases = list(worst_cases)
         self.classifier = dict(classifier or {})
+        #: the evaluated labels, int64 ``(n,)`` (as the classifier contract read them)
+        self.labels = labels
+        #: bool ``(n,)``: correctly classified clean
+        self.clean_correct = clean_correct
+        #: row label -> bool ``(n,)``: correct both clean and under that attack (or, for a
+        #: worst-case row, under every attack of its threat model)
+        self.robust = dict(robust or {})
+        #: the clean inputs, kept only with ``keep_adversarial=True`` (else None)
+        self.inputs = inputs
+        #: attack label -> adversarial inputs ``(n, ...)``, kept only with
+        #: ``keep_adversarial=True``
+        self.adversarial = dict(adversarial or {})
+        #: ``"clean"`` and attack label -> predicted labels ``(n,)`` (kept with the examples)
+        self.predictions = dict(predictions or {})
 
     @property
     def rows(self) -> list[AttackResult]:
@@ -146,6 +162,81 @@ class RobustnessReport:
             if row.attack == attack:
                 return row
         raise KeyError(f"No row for attack {attack!r}; rows: {[r.attack for r in self.rows]}")
+
+    def per_class(self) -> list[dict]:
+        """Clean and robust accuracy per true class.
+
+        Returns:
+            One dict per class present in the labels, in class order:
+            ``{"class": c, "num_examples": n_c, "clean_accuracy": ..., "robust_accuracy":
+            {row label: accuracy}}``, with a key for every row (attacks and worst cases).
+            Accuracies are fractions in [0, 1] over the examples of that class.
+
+        Raises:
+            ValueError: for a report built without per-example results.
+
+        Example:
+            >>> for row in report.per_class():
+            ...     print(row["class"], row["robust_accuracy"]["Worst case (Linf, eps=0.1)"])
+        """
+        if self.labels is None or self.clean_correct is None:
+            raise ValueError("This report has no per-example results (it was not made by "
+                             "evaluate_robustness), so it has no per-class accuracy.")
+        rows = []
+        for c in np.unique(self.labels):
+            members = self.labels == c
+            rows.append({
+                "class": int(c), "num_examples": int(members.sum()),
+                "clean_accuracy": float(self.clean_correct[members].mean()),
+                "robust_accuracy": {label: float(mask[members].mean())
+                                    for label, mask in self.robust.items()}})
+        return rows
+
+    def per_class_table(self, fmt: str = "markdown") -> str:
+        """:meth:`per_class` as a table: one row per class, clean accuracy and one column per
+        worst case (all attack rows when the report has no bounded threat model), in %.
+
+        Raises:
+            ValueError: for an unknown ``fmt`` or a report without per-example results.
+        """
+        per_class = self.per_class()
+        columns = [r.attack for r in self.worst_cases] or [r.attack for r in self.results]
+        header = ["Class", "Examples", "Clean Accuracy (%)", *[f"{c} (%)" for c in columns]]
+        body = [[str(r["class"]), str(r["num_examples"]), f"{100 * r['clean_accuracy']:.1f}",
+                 *[f"{100 * r['robust_accuracy'][c]:.1f}" for c in columns]]
+                for r in per_class]
+        return _render(header, body, fmt)
+
+    def save_adversarial(self, path: str) -> str:
+        """Write the kept examples to a NumPy ``.npz`` file.
+
+        The file holds ``x`` (clean inputs), ``y`` (labels), ``clean_pred`` (predicted labels
+        on ``x``), ``attacks`` (the attack labels, in order) and, for the i-th attack,
+        ``x_adv_i`` and ``pred_i`` (its adversarial inputs and the predicted labels on them).
+
+        Args:
+            path: the file to write (``.npz`` is added by NumPy if missing).
+
+        Returns:
+            The path written.
+
+        Raises:
+            ValueError: if the report was made without ``keep_adversarial=True``.
+
+        Example:
+            >>> report = evaluate_robustness(model, x, y, attacks, keep_adversarial=True)
+            >>> report.save_adversarial("adv.npz")
+        """
+        if self.inputs is None or not self.adversarial:
+            raise ValueError("The report kept no adversarial examples: call "
+                             "evaluate_robustness(..., keep_adversarial=True).")
+        arrays = {"x": self.inputs, "y": self.labels, "clean_pred": self.predictions["clean"],
+                  "attacks": np.array(list(self.adversarial))}
+        for i, (label, x_adv) in enumerate(self.adversarial.items()):
+            arrays[f"x_adv_{i}"] = x_adv
+            arrays[f"pred_{i}"] = self.predictions[label]
+        np.savez_compressed(path, **arrays)
+        return path if str(path).endswith(".npz") else f"{path}.npz"
 
     def to_dict(self) -> dict:
         """``{"classifier": ..., "results": [row dicts], "worst_cases": [row dicts]}``
@@ -215,23 +306,30 @@ class RobustnessReport:
                         num(r.median_perturbation), num(r.p90_perturbation),
                         f"{r.seconds:.1f}"]
             body.append(row)
-        widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
-        if fmt == "markdown":
-            lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
-                     "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-            lines += ["| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |"
-                      for row in body]
-        else:
-            lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)),
-                     "  ".join("-" * w for w in widths)]
-            lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in body]
-        return "\n".join(lines)
+        return _render(header, body, fmt)
 
     def __str__(self) -> str:
         return self.table()
 
     def __repr__(self) -> str:
         return f"RobustnessReport({len(self.results)} attacks)\n{self.table(fmt='text')}"
+
+
+def _render(header: list[str], body: list[list[str]], fmt: str) -> str:
+    """A table as Markdown (pipes) or aligned text."""
+    if fmt not in ("markdown", "text"):
+        raise ValueError(f"`fmt` must be 'markdown' or 'text'. Received: fmt={fmt!r}")
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
+                 "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+        lines += ["| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |"
+                  for row in body]
+    else:
+        lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)),
+                 "  ".join("-" * w for w in widths)]
+        lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in body]
+    return "\n".join(lines)
 
 
 def _norms(delta: np.ndarray, norm: str) -> np.ndarray:
@@ -306,6 +404,7 @@ def evaluate_robustness(
     attacks: Sequence[Attack] = (),
     batch_size: int = 256,
     verbose=0,
+    keep_adversarial: bool = False,
 ) -> RobustnessReport:
     """Measure a classifier's accuracy under each attack and in the worst case of each threat
     model.
@@ -335,6 +434,10 @@ def evaluate_robustness(
         batch_size: examples per batch, >= 1. Defaults to 256.
         verbose: 0 silent, 1 a ``keras.utils.Progbar`` per attack, 2 one line per attack.
             Defaults to 0.
+        keep_adversarial: keep the clean inputs, every attack's adversarial inputs and the
+            predicted labels in the report (:attr:`RobustnessReport.adversarial`,
+            :meth:`RobustnessReport.save_adversarial`); memory grows with one copy of ``x``
+            per attack. Defaults to False.
 
     Returns:
         A :class:`RobustnessReport`.
@@ -381,8 +484,11 @@ def evaluate_robustness(
                 "softmax/sigmoid keras_secure can see.")
             warnings.warn(message, UserWarning, stacklevel=2)
             description["warnings"] = [message]
+    keep_adversarial = check_bool("keep_adversarial", keep_adversarial)
     n = x.shape[0]
-    clean_correct = clf.predict_labels(x, batch_size) == y
+    clean_pred = clf.predict_labels(x, batch_size)
+    clean_correct = clean_pred == y
+    kept, predictions = {}, {"clean": clean_pred}
     clean_acc = float(clean_correct.mean())
     labels = _unique_labels([a.label for a in attacks])
     results, survived = [], []
@@ -400,8 +506,11 @@ def evaluate_robustness(
                 bar.update(min(n, i + batch_size))
         x_adv = np.concatenate(parts)
         seconds = time.perf_counter() - start
-        adv_correct = (clf.predict_labels(x_adv, batch_size) == y) & clean_correct
+        adv_pred = clf.predict_labels(x_adv, batch_size)
+        adv_correct = (adv_pred == y) & clean_correct
         survived.append(adv_correct)
+        if keep_adversarial:
+            kept[label], predictions[label] = x_adv, adv_pred
         fooled = clean_correct & ~adv_correct
         mean_norm, median_norm, p90_norm = _stats(
             _norms(x_adv[fooled] - x[fooled].astype(np.float32), attack.norm))
@@ -415,22 +524,29 @@ def evaluate_robustness(
         if verbose == 2:
             print(f" accuracy {100 * adv_correct.mean():.1f}% ({seconds:.1f} s)",
                   file=sys.stderr, flush=True)
-    return RobustnessReport(results, _worst_cases(results, survived, clean_correct),
-                            description)
+    worst, worst_masks = _worst_cases(results, survived, clean_correct)
+    robust = {row.attack: mask for row, mask in zip(results, survived)}
+    robust.update({row.attack: mask for row, mask in zip(worst, worst_masks)})
+    return RobustnessReport(results, worst, description, labels=y, clean_correct=clean_correct,
+                            robust=robust, inputs=x if keep_adversarial else None,
+                            adversarial=kept,
+                            predictions=predictions if keep_adversarial else {})
 
 
-def _worst_cases(results, survived, clean_correct) -> list[AttackResult]:
-    """One row per bounded threat model: robust only if it survives all of its attacks."""
+def _worst_cases(results, survived, clean_correct):
+    """One row per bounded threat model (robust only if it survives all of its attacks), and
+    the per-example robust masks of those rows."""
     groups: dict = {}
     for row, robust in zip(results, survived):
         if row.eps is None:
             continue  # minimal-norm attack without a budget: no threat model to be worst in
         # grouped by the label the user reads: an eps of np.float32(0.1) is the budget 0.1
         groups.setdefault(row.threat_model, []).append((row, robust))
-    worst = []
+    worst, masks = [], []
     clean_acc = float(clean_correct.mean())
     for label, members in groups.items():
         robust = np.logical_and.reduce([r for _, r in members]) & clean_correct
+        masks.append(robust)
         norm, eps = members[0][0].norm, members[0][0].eps
         worst.append(AttackResult(
             attack=f"Worst case ({label})", norm=norm, eps=eps, threat_model=label,
@@ -440,7 +556,7 @@ def _worst_cases(results, survived, clean_correct) -> list[AttackResult]:
             success_rate=_rate(clean_correct & ~robust, clean_correct),
             mean_perturbation=float("nan"), median_perturbation=float("nan"),
             p90_perturbation=float("nan"), seconds=sum(r.seconds for r, _ in members)))
-    return worst
+    return worst, masks
 
 
 def _rate(hits: np.ndarray, among: np.ndarray) -> float:
