@@ -97,9 +97,8 @@ def main():
     x_train, y_train = ks.datasets.load_digits("train")
     x_test, y_test = ks.datasets.load_digits("test")
     model = ks.models.train_small_cnn(x_train, y_train, epochs=12, seed=0)
-    reps = -(-args.batch // len(x_test))
-    x = np.concatenate([x_test] * reps)[:args.batch]
-    y = np.concatenate([y_test] * reps)[:args.batch]
+    x = np.resize(x_test, (args.batch, *x_test.shape[1:]))  # the test set, cycled
+    y = np.resize(y_test, args.batch)
     clf = ks.classifier.as_classifier(model)
     correct = clf.predict_labels(x) == y
 
