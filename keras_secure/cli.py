@@ -53,8 +53,14 @@ def _demo(args) -> int:
 
     from keras_secure.demo import run_demo
 
+    from keras_secure.demo.runner import select_chapters
+
     tf.get_logger().setLevel("ERROR")
-    run_demo(quick=args.quick, seed=args.seed, output_dir=args.output)
+    try:
+        select_chapters(args.chapters)
+    except ValueError as err:
+        raise UsageError(f"--chapters: {_one_line(err)}") from None
+    run_demo(quick=args.quick, seed=args.seed, output_dir=args.output, chapters=args.chapters)
     return 0
 
 
@@ -157,9 +163,12 @@ def _describe(report, args, n: int) -> str:
 
 
 def _evaluate(args, x, y) -> int:
+    import time
+
     from keras_secure.classifier import as_classifier
     from keras_secure.evaluation import evaluate_robustness
 
+    start = time.perf_counter()
     try:
         attack_list = build_attacks(args.attack_names, args)
     except (TypeError, ValueError) as err:
@@ -172,25 +181,56 @@ def _evaluate(args, x, y) -> int:
     except (TypeError, ValueError) as err:
         raise UsageError(_one_line(err)) from None
 
+    # the HTML page shows a grid of adversarial images, so it keeps them for image data
+    keep = bool(args.save_adv) or (bool(args.report) and x.ndim == 4)
     report = evaluate_robustness(model, x, y, attack_list, batch_size=args.batch_size,
-                                 verbose=args.verbose)
+                                 verbose=args.verbose, keep_adversarial=keep)
     print(_describe(report, args, int(x.shape[0])))
     print(report.table(full=True))
+    run_info = {
+        "keras_secure": _front.version(),
+        "model": args.model,
+        "data": args.data,
+        "num_examples": int(x.shape[0]),
+        "value_range": list(args.value_range) if args.value_range else None,
+        "attacks": [{"class": type(a).__name__, **a.get_config()} for a in attack_list],
+    }
     if args.output:
-        run_info = {
-            "keras_secure": _front.version(),
-            "model": args.model,
-            "data": args.data,
-            "num_examples": int(x.shape[0]),
-            "value_range": list(args.value_range) if args.value_range else None,
-            "attacks": [{"class": type(a).__name__, **a.get_config()} for a in attack_list],
-        }
         text = json.dumps({"run": run_info, **json.loads(report.to_json())}, indent=2,
                           default=str)
         with open(args.output, "w", encoding="utf-8") as f:
             f.write(text + "\n")
         print(f"report written to {args.output}")
+    if args.save_adv:
+        print(f"adversarial examples written to {report.save_adversarial(args.save_adv)}")
+    if args.report:
+        _html_report(args, report, run_info, time.perf_counter() - start)
+        print(f"HTML report written to {args.report}")
     return 0
+
+
+def _html_report(args, report, run_info: dict, seconds: float) -> None:
+    """``--report``: the evaluation as one self-contained HTML page."""
+    import os
+
+    from keras_secure.reporting import HtmlReport
+
+    settings = {"model": args.model, "data": args.data,
+                "examples": run_info["num_examples"],
+                "value range": run_info["value_range"] or "not given (not clipped)",
+                "L-inf eps": args.eps if args.eps is not None else "-",
+                "L2 eps": args.l2_eps if args.l2_eps is not None else "unbounded",
+                "steps": args.steps, "batch size": args.batch_size, "seed": args.seed}
+    for i, attack in enumerate(run_info["attacks"], start=1):
+        settings[f"attack {i}"] = attack
+    page = HtmlReport("keras-secure evaluate",
+                      subtitle=f"{os.path.basename(args.model)} on "
+                               f"{os.path.basename(args.data)}: {run_info['num_examples']} "
+                               "examples",
+                      settings=settings)
+    section = page.section("Robustness", anchor="robustness")
+    page.add_robustness_report(section, report, os.path.basename(args.model))
+    page.write(args.report, run_seconds=seconds)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,6 +4,8 @@ import subprocess
 import sys
 import zipfile
 
+sys.path.insert(0, os.path.dirname(__file__))  # tests/_browser.py
+
 import keras
 import numpy as np
 import pytest
@@ -300,16 +302,22 @@ def test_default_attacks_need_only_the_required_flags(files, capsys):
     assert "value range not given" in printed
 
 
-def test_json_equals_evaluate_robustness(tmp_path, capsys):
-    """The CLI's JSON holds what evaluate_robustness returns on the same examples and attacks
-    (image data: the default attacks include square)."""
-    rng = np.random.default_rng(1)
+def _image_model(tmp_path, seed):
+    """A random linear 3-class logits model on 4x4x1 images, saved; ``(rng, model, path)``."""
+    rng = np.random.default_rng(seed)
     model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),
                               keras.layers.Dense(3)])
     model.layers[-1].set_weights([rng.normal(size=(16, 3)).astype(np.float32),
                                   np.zeros(3, np.float32)])
     path = str(tmp_path / "img.keras")
     model.save(path)
+    return rng, model, path
+
+
+def test_json_equals_evaluate_robustness(tmp_path, capsys):
+    """The CLI's JSON holds what evaluate_robustness returns on the same examples and attacks
+    (image data: the default attacks include square)."""
+    rng, model, path = _image_model(tmp_path, 1)
     x = rng.uniform(0.0, 1.0, (40, 4, 4, 1)).astype(np.float32)
     y = np.argmax(model.predict(x, verbose=0), axis=1)
     y[::4] = (y[::4] + 1) % 3  # a quarter wrong
@@ -339,6 +347,47 @@ def test_json_equals_evaluate_robustness(tmp_path, capsys):
     assert cli["classifier"] == json.loads(json.dumps(expected["classifier"]))
     assert [a["class"] for a in cli["run"]["attacks"]] == ["FGSM", "PGD", "APGD", "Square"]
     assert cli["run"]["num_examples"] == 30 and cli["run"]["value_range"] == [0.0, 1.0]
+
+
+def test_evaluate_writes_html_report_and_adversarial_examples(tmp_path, capsys):
+    """--report writes the self-contained page; --save-adv the examples behind the table."""
+    from _browser import static_check
+
+    rng, model, path = _image_model(tmp_path, 2)
+    x = rng.uniform(0.0, 1.0, (30, 4, 4, 1)).astype(np.float32)
+    y = ks.classifier.as_classifier(model).predict_labels(x)
+    data = str(tmp_path / "img.npz")
+    np.savez(data, x=x, y=y)
+    out, html, adv = (str(tmp_path / n) for n in ("r.json", "r.html", "adv.npz"))
+    assert main(["evaluate", path, "--data", data, "--eps", "0.1", *VR, "--steps", "4",
+                 "--attacks", "fgsm,pgd", "--output", out, "--report", html,
+                 "--save-adv", adv]) == 0
+    printed = capsys.readouterr().out
+    assert f"HTML report written to {html}" in printed and f"written to {adv}" in printed
+    results = _read_json(out)["results"]
+    saved = np.load(adv)
+    assert list(saved["attacks"]) == [r["attack"] for r in results]
+    np.testing.assert_array_equal(saved["x"], x)
+    np.testing.assert_array_equal(saved["y"], y)
+    clf = ks.classifier.as_classifier(model)
+    for i, row in enumerate(results):
+        x_adv = saved[f"x_adv_{i}"]
+        assert x_adv.shape == x.shape and x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+        assert np.abs(x_adv - x).max() <= 0.1 + 1e-6
+        np.testing.assert_array_equal(saved[f"pred_{i}"], clf.predict_labels(x_adv))
+        robust = (saved[f"pred_{i}"] == y) & (saved["clean_pred"] == y)
+        assert robust.mean() == pytest.approx(row["adversarial_accuracy"])
+    page = static_check(open(html, encoding="utf-8").read())
+    table = next(t for t in page["tables"] if t and t[0][0] == "Attack Type")
+    assert [r[0] for r in table[1:3]] == [r["attack"] for r in results]
+    assert any(t and t[0][0] == "Class" for t in page["tables"])  # per-class accuracy
+    assert len(page["images"]) == 1  # the grid of clean and adversarial inputs
+    assert path in page["text"] and "Run time" in page["text"]
+    # mistakes with the new options are one line, before anything runs
+    assert "--report" in _usage_error(capsys, ["evaluate", path, "--data", data, "--eps", "0.1",
+                                               "--report", str(tmp_path / "no" / "r.html")])
+    assert "different files" in _usage_error(capsys, [
+        "evaluate", path, "--data", data, "--eps", "0.1", "--output", out, "--report", out])
 
 
 @pytest.mark.parametrize("activation, output", [
@@ -432,6 +481,22 @@ def test_quick_demo_writes_a_report(tmp_path, capsys):
     assert all(r["mean"] >= 8 and 0 <= r["retention"] for r in rl["table3"])
     assert len(rl["table4"]) == 4 and all(r["restoration"] >= 0 for r in rl["table4"])
     assert "Table 3 - attacks on a DQN CartPole agent" in report
+    # the HTML page: every chapter, self-contained, rendered by a real browser when there is one
+    from _browser import static_check
+
+    html = (out / "report.html").read_text()
+    page = static_check(html)
+    assert {f"chapter-{n}" for n in range(1, 6)} <= page["ids"]
+    assert "Per-class clean and robust accuracy" in report and "Class" in page["text"]
+    assert (out / "ch1_adversarial_examples.png").stat().st_size > 1000
+    assert len(page["images"]) >= 6
+    assert [c["number"] for c in results["run"]["chapters"]] == [1, 2, 3, 4, 5]
+    from _browser import BROWSER, check_in_browser
+
+    if BROWSER is not None:
+        target = os.environ.get("KERAS_SECURE_SCREENSHOT_DIR")
+        check_in_browser(str(out / "report.html"),
+                         os.path.join(target, "report.png") if target else None)
 
 
 def test_minimal_norm_attacks_on_a_smoothed_model_are_one_line(tmp_path, capsys):

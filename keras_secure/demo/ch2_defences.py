@@ -1,26 +1,25 @@
 """Chapter 2: input-denoising defences attacked adaptively, and certified accuracy of
-randomized smoothing (the seed paper's Table 2 row "Input Preprocessing")."""
+randomized smoothing (the seed paper's Table 2 row "Input Preprocessing"). Quick mode: 8x8
+digits at L-inf eps 0.1; full mode: MNIST at L-inf eps 0.3."""
 
 from __future__ import annotations
 
 import keras
 
 from keras_secure import attacks as A
-from keras_secure import datasets, layers, models
+from keras_secure import layers, models
 from keras_secure.classifier import Classifier
+from keras_secure.demo.common import VALUE_RANGE, demo_data, train_cnn
 from keras_secure.evaluation import evaluate_robustness
 
-VALUE_RANGE = (0.0, 1.0)
-LINF_EPS = 0.1
-L2_EPS = 1.0
 SIGMAS = (0.12, 0.25, 0.5)
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def _defences(x_train, seed):
+def _defences(x_train, seed, epochs=8):
     denoiser = layers.LearnedDenoiser(filters=16, depth=4, value_range=VALUE_RANGE,
                                       name="learned_denoiser")
-    layers.train_denoiser(denoiser, x_train, noise_sigma=0.2, epochs=8, seed=seed)
+    layers.train_denoiser(denoiser, x_train, noise_sigma=0.2, epochs=epochs, seed=seed)
     return [
         ("Bit depth (2 bits)", lambda g: layers.BitDepthReduction(2, VALUE_RANGE, gradient=g)),
         ("Median 3x3", lambda g: layers.MedianSmoothing(3, gradient="exact" if g == "exact"
@@ -31,39 +30,39 @@ def _defences(x_train, seed):
     ]
 
 
-def _attacks(quick, seed):
+def _attacks(quick, seed, linf_eps, l2_eps):
     return [
-        A.FGSM(LINF_EPS, value_range=VALUE_RANGE),
-        A.PGD(LINF_EPS, steps=10 if quick else 40, value_range=VALUE_RANGE, seed=seed),
-        A.CarliniWagnerL2(value_range=VALUE_RANGE, eps=L2_EPS, steps=50 if quick else 100,
-                          binary_search_steps=5 if quick else 6, initial_const=0.1,
+        A.FGSM(linf_eps, value_range=VALUE_RANGE),
+        A.PGD(linf_eps, steps=10 if quick else 20, value_range=VALUE_RANGE, seed=seed),
+        A.CarliniWagnerL2(value_range=VALUE_RANGE, eps=l2_eps, steps=50,
+                          binary_search_steps=5 if quick else 4, initial_const=0.1,
                           learning_rate=0.1),
     ]
 
 
 def run(ctx) -> None:
-    x_train, y_train = datasets.load_digits("train", seed=ctx.seed)
-    x_test, y_test = datasets.load_digits("test", seed=ctx.seed)
-    x_eval, y_eval = (x_test[:100], y_test[:100]) if ctx.quick else (x_test, y_test)
-    ctx.log("training the undefended CNN and a learned denoiser ...")
-    cnn = models.train_small_cnn(x_train, y_train, epochs=10 if ctx.quick else 20,
-                                 seed=ctx.seed)
+    data = demo_data(ctx)
+    x_train, y_train, x_test, y_test = data.x_train, data.y_train, data.x_test, data.y_test
+    linf_eps, l2_eps = data.linf_eps, data.l2_eps
+    x_eval, y_eval = x_test[:100], y_test[:100]
+    ctx.log(f"training the undefended CNN and a learned denoiser on {data.name} ...")
+    cnn = train_cnn(data, 10 if ctx.quick else 8, ctx.seed)
 
     rows = []
     header = ("| Defence | Clean (%) | FGSM (%) | PGD, naive gradient (%) | PGD, BPDA (%) | "
               "C&W-L2 (%) | Square (%) |\n|---|---|---|---|---|---|---|")
-    for name, make in [("None", None), *_defences(x_train, ctx.seed)]:
+    for name, make in [("None", None), *_defences(x_train, ctx.seed, 8 if ctx.quick else 3)]:
         ctx.log(f"attacking: {name}")
         adaptive = _defended(cnn, make("bpda") if make else None)
         naive = _defended(cnn, make("exact") if make else None)
         report = evaluate_robustness(adaptive, x_eval, y_eval, [
-            *_attacks(ctx.quick, ctx.seed),
-            A.Square(LINF_EPS, queries=200 if ctx.quick else 1000, value_range=VALUE_RANGE,
+            *_attacks(ctx.quick, ctx.seed, linf_eps, l2_eps),
+            A.Square(linf_eps, queries=200 if ctx.quick else 500, value_range=VALUE_RANGE,
                      seed=ctx.seed)])
         # keras_secure always attacks through the adaptive path; adaptive=False shows what a
         # naive evaluation (the layers' own masked gradients) would have reported.
         naive_pgd = evaluate_robustness(Classifier(naive, adaptive=False), x_eval, y_eval, [
-            A.PGD(LINF_EPS, steps=10 if ctx.quick else 40, value_range=VALUE_RANGE,
+            A.PGD(linf_eps, steps=10 if ctx.quick else 20, value_range=VALUE_RANGE,
                   seed=ctx.seed)]).results[0]
         fgsm, pgd, cw, square = report.results
         row = [name, fgsm.clean_accuracy, fgsm.adversarial_accuracy,
@@ -72,26 +71,26 @@ def run(ctx) -> None:
         rows.append(row)
     table = header + "\n" + "\n".join(
         "| " + " | ".join([r[0]] + [f"{100 * v:.1f}" for v in r[1:]]) + " |" for r in rows)
-    print("\nTable 2 (Input Preprocessing) - accuracy under attack, digits test set\n")
+    print(f"\nTable 2 (Input Preprocessing) - accuracy under attack ({data.name})\n")
     print(table, flush=True)
     ctx.results["chapter2_denoisers"] = [
         dict(zip(["defence", "clean", "fgsm", "pgd_naive", "pgd_bpda", "cw", "square"], r))
         for r in rows]
 
     ctx.log("randomized smoothing: noise training and certification ...")
-    n_cert = 50 if ctx.quick else 200
-    n_samples = 500 if ctx.quick else 5000
+    n_cert = 50 if ctx.quick else 100
+    n_samples = 500 if ctx.quick else 2000
     curves = {}
     for sigma in SIGMAS:
         keras.utils.set_random_seed(ctx.seed)
-        base = models.small_cnn(seed=ctx.seed)
+        base = models.small_cnn(data.input_shape, width=data.width, seed=ctx.seed)
         smoothed = layers.RandomizedSmoothing(base, sigma=sigma, num_samples=100,
                                               seed=ctx.seed)
         trainer = keras.Sequential([keras.Input(x_train.shape[1:]), smoothed])
         trainer.compile(keras.optimizers.Adam(2e-3),
                         keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         # fit calls the layer with training=True: Gaussian noise augmentation of the base.
-        trainer.fit(x_train, y_train, epochs=6 if ctx.quick else 25, batch_size=64,
+        trainer.fit(x_train, y_train, epochs=6, batch_size=64,
                     verbose=0)
         predictions, radii = smoothed.certify(x_test[:n_cert], n0=100, n=n_samples,
                                               alpha=0.001, batch_size=2000)
@@ -103,7 +102,7 @@ def run(ctx) -> None:
                       f"| {s} | " + " | ".join(f"{100 * a:.1f}" for a in curves[s]) + " |"
                       for s in SIGMAS))
     print(f"\nCertified accuracy (%) of randomized smoothing at L2 radius r "
-          f"({n_cert} test digits, n={n_samples}, alpha=0.001)\n")
+          f"({n_cert} test images, n={n_samples}, alpha=0.001)\n")
     print(cert_table, flush=True)
     ctx.results["chapter2_certified"] = {"radii": list(RADII), "n": n_samples,
                                          "examples": n_cert,
@@ -118,11 +117,12 @@ def run(ctx) -> None:
         "gradient' column attacks the same model through the layer's true gradient (zero for "
         "quantisers and JPEG): where it is much higher than the BPDA column, the defence only "
         "masks gradients. Square is gradient-free. L-inf attacks use eps="
-        f"{LINF_EPS}; C&W counts successes within L2 {L2_EPS}.\n\n"
-        "Table 2 - Input Preprocessing (accuracy %, digits test set)\n\n" + table + "\n\n"
+        f"{linf_eps}; C&W counts successes within L2 {l2_eps}.\n\n"
+        f"Table 2 - Input Preprocessing (accuracy %, {len(x_eval)} test images of "
+        f"{data.name})\n\n" + table + "\n\n"
         "Randomized smoothing (Cohen et al. 2019): a CNN trained with Gaussian noise of "
         "standard deviation sigma (the layer's training mode), certified with CERTIFY "
-        f"(n0=100, n={n_samples}, alpha=0.001) on {n_cert} test digits.\n\n"
+        f"(n0=100, n={n_samples}, alpha=0.001) on {n_cert} test images.\n\n"
         "Certified accuracy (%) at L2 radius r\n\n" + cert_table
         + f"\n\n![certified accuracy]({plot})\n")
 
