@@ -41,10 +41,10 @@ def run(ctx) -> None:
     x_test, y_test = datasets.load_digits("test", seed=ctx.seed)
     ctx.log("training the digits CNN ...")
     keras.utils.set_random_seed(ctx.seed)
-    model = models.train_small_cnn(x_train, y_train, epochs=4 if quick else 10, seed=ctx.seed)
+    model = models.train_small_cnn(x_train, y_train, epochs=3 if quick else 10, seed=ctx.seed)
     clf = as_classifier(model)
     layer = model.layers[-2].name  # the hidden layer before the logits (Fidel et al.)
-    n_fit, n_test = (160, 80) if quick else (500, 200)
+    n_fit, n_test = (120, 60) if quick else (500, 200)
     background = x_train[-40:]
     x_fit, y_fit = x_train[:n_fit], y_train[:n_fit]
     x_eval, y_eval = x_test[:n_test], y_test[:n_test]
@@ -52,12 +52,12 @@ def run(ctx) -> None:
     seen = [A.FGSM(EPS, value_range=VALUE_RANGE),
             A.PGD(EPS, steps=10, value_range=VALUE_RANGE, seed=ctx.seed)]
     unseen = [
-        A.CarliniWagnerL2(value_range=VALUE_RANGE, steps=20 if quick else 50,
-                          binary_search_steps=3 if quick else 5, initial_const=1.0,
+        A.CarliniWagnerL2(value_range=VALUE_RANGE, steps=15 if quick else 50,
+                          binary_search_steps=2 if quick else 5, initial_const=1.0,
                           learning_rate=0.1),
-        A.DeepFool(value_range=VALUE_RANGE, steps=20 if quick else 50),
+        A.DeepFool(value_range=VALUE_RANGE, steps=10 if quick else 50),
         A.APGD(EPS, steps=10 if quick else 50, value_range=VALUE_RANGE, seed=ctx.seed),
-        A.Square(EPS, queries=100 if quick else 500, value_range=VALUE_RANGE, seed=ctx.seed),
+        A.Square(EPS, queries=60 if quick else 500, value_range=VALUE_RANGE, seed=ctx.seed),
     ]
     ctx.log("attacking the training and test examples ...")
     train_adv = np.concatenate([_successful(clf, x_fit, y_fit, a(clf, x_fit, y_fit))
@@ -69,7 +69,7 @@ def run(ctx) -> None:
     explainers = {
         "SHAP (DeepExplainer)": Explainer(model, background, "deep", layer=layer),
         "LIME": Explainer(model, background, "lime", layer=layer,
-                          num_samples=100 if quick else 300, seed=ctx.seed),
+                          num_samples=80 if quick else 300, seed=ctx.seed),
     }
     detectors, table5, unseen_rows = {}, [], []
     for name, explainer in explainers.items():
@@ -92,13 +92,13 @@ def run(ctx) -> None:
     ctx.log("adaptive attacks on the SHAP detector ...")
     shap_det = detectors["SHAP (DeepExplainer)"]
     clean_scores = shap_det.decision_function(x_eval)
-    n_adaptive = 60 if quick else n_test
+    n_adaptive = 40 if quick else n_test
     adaptive = [
         A.PGD(EPS, steps=20 if quick else 50, value_range=VALUE_RANGE, seed=ctx.seed),
         AdaptivePGD(shap_det, EPS, steps=20 if quick else 50, value_range=VALUE_RANGE,
                     seed=ctx.seed),
-        A.Square(EPS, queries=100 if quick else 500, value_range=VALUE_RANGE, seed=ctx.seed),
-        AdaptiveSquare(shap_det, EPS, queries=100 if quick else 500, value_range=VALUE_RANGE,
+        A.Square(EPS, queries=60 if quick else 500, value_range=VALUE_RANGE, seed=ctx.seed),
+        AdaptiveSquare(shap_det, EPS, queries=60 if quick else 500, value_range=VALUE_RANGE,
                        seed=ctx.seed),
     ]
     adaptive_rows = []
@@ -126,6 +126,7 @@ def run(ctx) -> None:
     saliency_grid(x_eval[:8], pixels.explain(x_eval[:8]), labels=y_eval[:8],
                   path=ctx.path(grid), title="DeepExplainer attributions, test digits")
 
+    ctx.log("done")
     t5 = ("| Explainer | Detection accuracy (%) | ROC AUC | TPR at 5% FPR (%) | FPR at threshold "
           "(%) | Detection time per input (ms) |\n|---|---|---|---|---|---|\n" + "\n".join(
               f"| {r[0]} | {_pct(r[1])} | {r[2]:.3f} | {_pct(r[3])} | {_pct(r[4])} | "
