@@ -272,7 +272,7 @@ def test_detector_fit_threshold_and_scores(fitted, digits_cnn):
     assert fitted.predict(x_test[:5]).dtype == bool
 
 
-def test_detector_errors(fitted, digits_cnn, tiny):
+def test_detector_errors(fitted, digits_cnn):
     model, x, y = digits_cnn
     with pytest.raises(ValueError, match="another model"):
         fitted.decision_function(x[:4], model=ks.models.small_cnn(seed=3))
@@ -290,7 +290,6 @@ def test_detector_errors(fitted, digits_cnn, tiny):
     with pytest.raises(TypeError, match="explainer"):
         AttributionDetector(model)
     # the same model trained further is refused too
-    tiny_model, background, xs = tiny
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     d = AttributionDetector(Explainer(clone, x[-30:], "deep", layer=clone.layers[-2].name),

@@ -69,7 +69,7 @@ def run(ctx) -> None:
     explainers = {
         "SHAP (DeepExplainer)": Explainer(model, background, "deep", layer=layer),
         "LIME": Explainer(model, background, "lime", layer=layer,
-                          num_samples=80 if quick else 300, seed=ctx.seed),
+                          num_samples=80 if quick else 200, seed=ctx.seed),
     }
     detectors, table5, unseen_rows = {}, [], []
     for name, explainer in explainers.items():
