@@ -346,6 +346,32 @@ def _output_layer(model):
     return layers[-1], after
 
 
+def _last_layer_gradient_norms(model, dense, after, clf):
+    """``(x, labels) -> ||grad_{kernel, bias} CE||^2`` per example, for the last Dense layer."""
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    inputs_of_dense = keras.Model(inputs, dense.input, name=f"{model.name}_tracin")
+
+    @tf.function(reduce_retracing=True)
+    def squared_norms(xb, yb):
+        a = tf.reshape(tf.cast(inputs_of_dense(xb, training=False), tf.float32),
+                       [tf.shape(xb)[0], -1])
+        with tf.GradientTape() as tape:
+            u = tf.matmul(a, tf.cast(dense.kernel, tf.float32))
+            if dense.use_bias:
+                u = u + tf.cast(dense.bias, tf.float32)
+            tape.watch(u)
+            out = dense.activation(u)
+            if after is not None:
+                out = after(out)
+            logp = clf.log_probabilities(out)
+            loss = -tf.reduce_sum(tf.gather(logp, yb, batch_dims=1))
+        delta = tape.gradient(loss, u)
+        bias = 1.0 if dense.use_bias else 0.0
+        return (tf.reduce_sum(tf.square(a), axis=1) + bias) * tf.reduce_sum(tf.square(delta), 1)
+
+    return squared_norms
+
+
 def tracin_self_influence(model, x, y, checkpoints=None, *, expected_fraction: float = 0.05,
                           batch_size: int = 256) -> DetectionResult:
     """TracIn self-influence ranking of training points (TracInCP, last layer).
@@ -405,27 +431,10 @@ def tracin_self_influence(model, x, y, checkpoints=None, *, expected_fraction: f
     elif not isinstance(checkpoints, (list, tuple)) or not checkpoints:
         raise ValueError("`checkpoints` must be a non-empty list of (weights, learning_rate) "
                          f"pairs (TracInCheckpoints.checkpoints). Received: {checkpoints!r}")
-    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    inputs_of_dense = keras.Model(inputs, dense.input, name=f"{model.name}_tracin")
-
-    @tf.function(reduce_retracing=True)
-    def squared_norms(xb, yb):
-        a = tf.reshape(tf.cast(inputs_of_dense(xb, training=False), tf.float32),
-                       [tf.shape(xb)[0], -1])
-        with tf.GradientTape() as tape:
-            u = tf.matmul(a, tf.cast(dense.kernel, tf.float32))
-            if dense.use_bias:
-                u = u + tf.cast(dense.bias, tf.float32)
-            tape.watch(u)
-            out = dense.activation(u)
-            if after is not None:
-                out = after(out)
-            logp = clf.log_probabilities(out)
-            loss = -tf.reduce_sum(tf.gather(logp, yb, batch_dims=1))
-        delta = tape.gradient(loss, u)
-        bias = 1.0 if dense.use_bias else 0.0
-        return (tf.reduce_sum(tf.square(a), axis=1) + bias) * tf.reduce_sum(tf.square(delta), 1)
-
+    squared_norms = model.__dict__.get("_keras_secure_tracin_fn")
+    if squared_norms is None:  # traced once per model, reused across calls and checkpoints
+        squared_norms = _last_layer_gradient_norms(model, dense, after, clf)
+        model.__dict__["_keras_secure_tracin_fn"] = squared_norms
     original = model.get_weights()
     scores = np.zeros(x.shape[0])
     try:
