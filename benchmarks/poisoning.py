@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -25,15 +23,7 @@ import keras_secure as ks  # noqa: E402
 from keras_secure import poisoning as P  # noqa: E402
 from keras_secure.classifier import as_classifier  # noqa: E402
 
-
-def median_time(fn, repeats):
-    fn()  # warm-up: traces
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from attacks import timed  # noqa: E402  (median of repeats after a warm-up call)
 
 
 def main():
@@ -53,7 +43,7 @@ def main():
     conv = model.layers[2].name
     clf = as_classifier(model)
     n = len(x_p)
-    forward = median_time(lambda: clf.predict_labels(x_p), args.repeats)
+    forward = timed(lambda: clf.predict_labels(x_p), args.repeats)
     detectors = {
         "spectral signatures": lambda: P.spectral_signatures(model, x_p, y_p, layer=conv),
         "activation clustering (PCA)": lambda: P.activation_clustering(model, x_p, y_p,
@@ -69,7 +59,7 @@ def main():
     print("| detector | ms | x forward pass | AUC |")
     print("|---|---|---|---|")
     for name, fn in detectors.items():
-        t = median_time(fn, args.repeats)
+        t = timed(fn, args.repeats)
         auc = fn().evaluate(mask)["auc"]
         print(f"| {name} | {1000 * t:.1f} | {t / forward:.1f} | {auc:.3f} |", flush=True)
 
