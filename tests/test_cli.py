@@ -437,9 +437,12 @@ def test_model_with_keras_secure_layers_in_a_fresh_process(tmp_path):
                    *VR], timeout=300, env=env)
     assert result.returncode == 0, result.stderr
     assert "BitDepthReduction 'bits'" in result.stdout
-    # not a terminal: --verbose defaults to 2, one progress line per attack, nothing else
+    # not a terminal: --verbose defaults to 2, one progress line per attack and one for the
+    # diagnostics, nothing else
     lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("[1/1] FGSM-Linf (eps=0.1)"), result.stderr
+    assert len(lines) == 2, result.stderr
+    assert lines[0].startswith("[1/1] FGSM-Linf (eps=0.1)"), result.stderr
+    assert lines[1].startswith("[diagnostics] gradient-masking checks ..."), result.stderr
 
 
 @pytest.mark.slow

@@ -5,10 +5,11 @@ All attacks work on logits (softmax outputs are undone where possible, see
 inputs stay inside the ``eps`` ball (where they have a budget) and inside ``value_range``.
 """
 
-from keras_secure.attacks.apgd import APGD
+from keras_secure.attacks.apgd import APGD, APGDT
 from keras_secure.attacks.base import Attack, logits_function
 from keras_secure.attacks.cw import CarliniWagnerL2
 from keras_secure.attacks.deepfool import DeepFool
+from keras_secure.attacks.fab import FAB
 from keras_secure.attacks.fgsm import FGSM
 from keras_secure.attacks.mifgsm import MIFGSM
 from keras_secure.attacks.pgd import PGD
@@ -20,15 +21,17 @@ ATTACKS = {
     "pgd": PGD,
     "mifgsm": MIFGSM,
     "apgd": APGD,
+    "apgdt": APGDT,
     "cw": CarliniWagnerL2,
     "deepfool": DeepFool,
+    "fab": FAB,
     "square": Square,
 }
 
 
 def get(name: str, **kwargs) -> Attack:
-    """Build an attack by its short name (``fgsm``, ``pgd``, ``mifgsm``, ``apgd``, ``cw``,
-    ``deepfool``, ``square``) with constructor keyword arguments.
+    """Build an attack by its short name (``fgsm``, ``pgd``, ``mifgsm``, ``apgd``, ``apgdt``, ``cw``,
+    ``deepfool``, ``fab``, ``square``) with constructor keyword arguments.
 
     Args:
         name: short name, case-insensitive.
@@ -49,5 +52,5 @@ def get(name: str, **kwargs) -> Attack:
     return ATTACKS[key](**kwargs)
 
 
-__all__ = ["Attack", "APGD", "CarliniWagnerL2", "DeepFool", "FGSM", "MIFGSM", "PGD", "Square",
-           "ATTACKS", "get", "logits_function"]
+__all__ = ["Attack", "APGD", "APGDT", "CarliniWagnerL2", "DeepFool", "FAB", "FGSM", "MIFGSM",
+           "PGD", "Square", "ATTACKS", "get", "logits_function"]

@@ -47,6 +47,12 @@ class AttackResult:
         median_perturbation: median of the same (NaN if none).
         p90_perturbation: 90th percentile of the same (NaN if none).
         seconds: wall-clock time of the attack over all examples.
+        cumulative: True for the rows of a suite run under AutoAttack's protocol: the attack
+            ran only on the examples the earlier ones left correct, and the row gives the
+            accuracy after it and all earlier attacks.
+        flags: names of the fired gradient-masking flags that concern this row (see
+            :attr:`RobustnessReport.diagnostics`); a row with flags is not evidence of
+            robustness.
 
     Example:
         >>> row = report["PGD-Linf (eps=0.1)"]
@@ -66,6 +72,8 @@ class AttackResult:
     median_perturbation: float
     p90_perturbation: float
     seconds: float
+    cumulative: bool = False
+    flags: tuple = ()
 
 
 def threat_model(norm: str, eps) -> str:
@@ -100,7 +108,8 @@ class RobustnessReport:
     def __init__(self, results: Sequence[AttackResult], worst_cases: Sequence[AttackResult],
                  classifier: dict | None = None, *, labels=None, clean_correct=None,
                  robust: dict | None = None, inputs=None, adversarial: dict | None = None,
-                 predictions: dict | None = None):
+                 predictions: dict | None = None, diagnostics: list | None = None,
+                 suite: dict | None = None):
         self.results = list(results)
         self.worst_cases = list(worst_cases)
         self.classifier = dict(classifier or {})
@@ -118,6 +127,40 @@ class RobustnessReport:
         self.adversarial = dict(adversarial or {})
         #: ``"clean"`` and attack label -> predicted labels ``(n,)`` (kept with the examples)
         self.predictions = dict(predictions or {})
+        #: the gradient-masking flags, one dict per indicator checked (``flag``, ``fired``
+        #: True/False/None, ``threat_model``, ``message``, ``evidence``, ``reference``); None
+        #: when the diagnostics were switched off
+        self.diagnostics = diagnostics
+        #: for a suite run: its name, the version that ran, its attacks, protocol and notes
+        self.suite = suite
+
+    @property
+    def flags(self) -> list[dict]:
+        """The fired gradient-masking flags (a subset of :attr:`diagnostics`)."""
+        return [f for f in self.diagnostics or [] if f["fired"]]
+
+    @property
+    def masking_suspected(self) -> bool | None:
+        """True if any gradient-masking flag fired, False if none did, None if the diagnostics
+        were not run."""
+        if self.diagnostics is None:
+            return None
+        return bool(self.flags)
+
+    def diagnostics_text(self) -> str:
+        """The diagnostics as Markdown: a verdict, then one line per indicator."""
+        if self.diagnostics is None:
+            return ("**Gradient-masking diagnostics were not run** (diagnostics=False): these "
+                    "figures carry no check that the attacks worked.")
+        mark = {True: "FIRED", False: "ok", None: "not checked"}
+        verdict = (f"**Gradient masking suspected** ({len(self.flags)} flag(s) fired): the "
+                   "flagged figures are not evidence of robustness." if self.flags else
+                   "**No gradient-masking flag fired.**")
+        lines = [verdict, ""]
+        for f in self.diagnostics:
+            where = f" [{f['threat_model']}]" if f["threat_model"] else ""
+            lines.append(f"- `{f['flag']}`{where}: {mark[f['fired']]}. {f['message']}")
+        return "\n".join(lines)
 
     @property
     def rows(self) -> list[AttackResult]:
@@ -242,8 +285,10 @@ class RobustnessReport:
         """``{"classifier": ..., "results": [row dicts], "worst_cases": [row dicts]}``
         (JSON-ready floats)."""
         return {"classifier": self.classifier,
-                "results": [dataclasses.asdict(r) for r in self.results],
-                "worst_cases": [dataclasses.asdict(r) for r in self.worst_cases]}
+                "results": [_row_dict(r) for r in self.results],
+                "worst_cases": [_row_dict(r) for r in self.worst_cases],
+                "diagnostics": self.diagnostics, "masking_suspected": self.masking_suspected,
+                "suite": self.suite}
 
     def to_json(self, path: str | None = None, indent: int = 2) -> str:
         """JSON text of :meth:`to_dict` (NaN written as ``null``); written to ``path`` if given."""
@@ -267,7 +312,7 @@ class RobustnessReport:
         attack."""
         import pandas as pd
 
-        return pd.DataFrame([dataclasses.asdict(r) for r in self.rows]).set_index("attack")
+        return pd.DataFrame([_row_dict(r) for r in self.rows]).set_index("attack")
 
     def table(self, full: bool = False, fmt: str = "markdown") -> str:
         """Render the report as a table.
@@ -287,6 +332,9 @@ class RobustnessReport:
         if fmt not in ("markdown", "text"):
             raise ValueError(f"`fmt` must be 'markdown' or 'text'. Received: fmt={fmt!r}")
         header = list(PAPER_COLUMNS)
+        flagged = any(r.flags for r in self.rows)
+        if flagged:
+            header.append("Masking Flags")
         if full:
             header += ["Threat Model", "Success Rate (%)", "Mean Pert.", "Median Pert.",
                        "P90 Pert.", "Time (s)"]
@@ -301,6 +349,8 @@ class RobustnessReport:
         for r in self.rows:
             row = [r.attack, pct(r.clean_accuracy), pct(r.adversarial_accuracy),
                    pct(r.accuracy_drop)]
+            if flagged:
+                row.append(", ".join(r.flags) or "-")
             if full:
                 row += [r.threat_model, pct(r.success_rate), num(r.mean_perturbation),
                         num(r.median_perturbation), num(r.p90_perturbation),
@@ -309,10 +359,16 @@ class RobustnessReport:
         return _render(header, body, fmt)
 
     def __str__(self) -> str:
-        return self.table()
+        return self.table() + "\n\n" + self.diagnostics_text()
 
     def __repr__(self) -> str:
         return f"RobustnessReport({len(self.results)} attacks)\n{self.table(fmt='text')}"
+
+
+def _row_dict(row: AttackResult) -> dict:
+    out = dataclasses.asdict(row)
+    out["flags"] = list(row.flags)
+    return out
 
 
 def _render(header: list[str], body: list[list[str]], fmt: str) -> str:
@@ -397,6 +453,9 @@ def check_attacks(attacks, model=None) -> list:
     return attacks
 
 
+_UNSET = object()
+
+
 def evaluate_robustness(
     model,
     x,
@@ -405,17 +464,42 @@ def evaluate_robustness(
     batch_size: int = 256,
     verbose=0,
     keep_adversarial: bool = False,
+    *,
+    suite: str | None = None,
+    eps: float | None = None,
+    norm: str = "linf",
+    value_range=_UNSET,
+    seed: int | None = 0,
+    surrogate=None,
+    diagnostics: bool = True,
+    diagnostic_examples: int = 100,
 ) -> RobustnessReport:
-    """Measure a classifier's accuracy under each attack and in the worst case of each threat
-    model.
+    """Measure a classifier's accuracy under attack, per attack and in the worst case of each
+    threat model, with gradient-masking diagnostics.
 
-    Every attack runs on every example (batched); an example counts as robust under an attack
-    if it is classified correctly both clean and attacked, and as robust in the worst case of a
-    threat model (norm and budget) only if it survives every attack of that threat model. Run a
-    diverse set - gradient attacks (PGD, APGD), minimal-norm ones (C&W, DeepFool) and a
-    score-based one (Square) - so that gradient masking in one does not overstate robustness: a
-    defence that is only robust to gradient attacks shows up as a Square/worst-case row much
-    lower than the PGD row.
+    Two ways to choose the attacks:
+
+    - ``attacks=[...]``: every attack runs on every example (batched); an example counts as
+      robust under an attack if it is classified correctly both clean and attacked, and as
+      robust in the worst case of a threat model (norm and budget) only if it survives every
+      attack of that threat model. Run a diverse set - gradient attacks (PGD, APGD),
+      minimal-norm ones (C&W, DeepFool, FAB) and a score-based one (Square).
+    - ``suite="standard"`` with ``eps``, ``norm`` and ``value_range``: AutoAttack's standard
+      suite (:func:`~keras_secure.evaluation.suite.standard_suite`: APGD-CE, APGD-T, FAB-T,
+      Square) under AutoAttack's protocol: each attack runs only on the examples that every
+      earlier attack left correctly classified, and its row (labelled ``"+ ..."`` after the
+      first) is cumulative: the accuracy after it and all earlier ones. For a model with
+      randomized layers the ``"rand"`` version (APGD-CE and APGD-DLR with EOT over 20 draws)
+      runs instead, automatically; the report's :attr:`~RobustnessReport.suite` says which
+      version ran and why.
+
+    **Diagnostics.** Unless ``diagnostics=False``, the report carries gradient-masking flags
+    (:mod:`keras_secure.evaluation.diagnostics`): vanishing or unstable gradients, a
+    gradient-free attack or a transferred one beating the white-box attacks, an unbounded
+    attack not reaching 0%, attacks that had not converged, randomness without EOT. A fired
+    flag is printed beside the figures it concerns and means those figures are not evidence of
+    robustness. The checks that need extra attack runs use at most ``diagnostic_examples``
+    examples.
 
     The model is read through the classifier contract (:class:`keras_secure.Classifier`):
     logits, softmax, one sigmoid unit or one logit; predicted labels are the model's own
@@ -429,8 +513,8 @@ def evaluate_robustness(
         x: inputs ``(n, ...)``, finite; or a finite ``tf.data.Dataset`` of ``(x, y)``
             (then ``y`` is None).
         y: labels ``(n,)``, ``(n, 1)`` or one-hot ``(n, classes)``.
-        attacks: non-empty sequence of configured :class:`keras_secure.attacks.Attack` objects
-            (untargeted).
+        attacks: configured untargeted :class:`keras_secure.attacks.Attack` objects; empty
+            when ``suite`` is given.
         batch_size: examples per batch, >= 1. Defaults to 256.
         verbose: 0 silent, 1 a ``keras.utils.Progbar`` per attack, 2 one line per attack.
             Defaults to 0.
@@ -438,6 +522,20 @@ def evaluate_robustness(
             predicted labels in the report (:attr:`RobustnessReport.adversarial`,
             :meth:`RobustnessReport.save_adversarial`); memory grows with one copy of ``x``
             per attack. Defaults to False.
+        suite: ``"standard"`` (AutoAttack; its ``"rand"`` version for randomized models) or
+            ``"rand"``, or None to run ``attacks``. Defaults to None.
+        eps: the suite's budget in input units, > 0 (suite only).
+        norm: the suite's norm, ``"linf"`` or ``"l2"`` (suite only). Defaults to ``"linf"``.
+        value_range: the suite's ``(low, high)`` valid input range, or None for none; required
+            with ``suite`` (an attack that leaves the valid range overstates what an adversary
+            can do).
+        seed: seed of the suite's attacks and of the diagnostics. Defaults to 0.
+        surrogate: a model of the same task trained normally (same architecture and data), or
+            None. The diagnostics transfer its PGD examples to ``model``; without it the
+            transfer flag is reported as not checked.
+        diagnostics: compute the gradient-masking flags. Defaults to True.
+        diagnostic_examples: examples the diagnostics' extra attacks run on, >= 1. Defaults
+            to 100.
 
     Returns:
         A :class:`RobustnessReport`.
@@ -445,32 +543,83 @@ def evaluate_robustness(
     Raises:
         TypeError: if ``attacks`` holds something that is not an ``Attack``.
         ValueError: for an empty or targeted attack list, attacks with different
-            ``value_range``, minimal-norm attacks (C&W, DeepFool) on a model with randomized
-            layers, NaN / inf inputs, labels that are not class labels of the model,
-            mismatched ``x``/``y``, or a bad ``batch_size``.
+            ``value_range``, minimal-norm attacks (C&W, DeepFool, FAB) on a model with
+            randomized layers, NaN / inf inputs, labels that are not class labels of the model,
+            mismatched ``x``/``y``, a bad ``batch_size``, both or neither of ``attacks`` and
+            ``suite``, or a suite without ``eps`` / ``value_range``.
 
     Example:
         >>> from keras_secure import attacks
         >>> report = evaluate_robustness(model, x_test, y_test,
         ...     [attacks.FGSM(0.1, value_range=(0, 1)), attacks.PGD(0.1, value_range=(0, 1))])
         >>> print(report)
+        >>> report = evaluate_robustness(model, x_test, y_test, suite="standard", eps=0.3,
+        ...                              value_range=(0, 1))
+        >>> report.masking_suspected
 
     References:
         Carlini et al. (2019), "On Evaluating Adversarial Robustness" (worst case over a diverse
-        set of attacks, per threat model); Croce & Hein (2020) (AutoAttack's worst-case robust
-        accuracy).
+        set of attacks, per threat model, and the indicators of failed evaluations); Croce &
+        Hein (2020), "Reliable evaluation of adversarial robustness with an ensemble of diverse
+        parameter-free attacks" (AutoAttack); Athalye, Carlini & Wagner (2018), "Obfuscated
+        gradients give a false sense of security".
     """
-    attacks = check_attacks(attacks)
+    from keras_secure.evaluation import diagnostics as diag
+    from keras_secure.evaluation.suite import SUITES, standard_suite
+
     batch_size = check_number("batch_size", batch_size, low=1, integer=True)
     verbose = check_choice("verbose", int(verbose) if isinstance(verbose, (bool, int)) else
                            verbose, (0, 1, 2))
+    keep_adversarial = check_bool("keep_adversarial", keep_adversarial)
+    diagnostics = check_bool("diagnostics", diagnostics)
+    diagnostic_examples = check_number("diagnostic_examples", diagnostic_examples, low=1,
+                                       integer=True)
+    seed = check_number("seed", seed, integer=True, allow_none=True)
+    if suite is None:
+        unused = [name for name, value in (("eps", eps), ("value_range", value_range))
+                  if value is not None and value is not _UNSET]
+        if unused:
+            raise ValueError(f"`{unused[0]}` is a setting of `suite`; without a suite give it "
+                             "to each attack. Received: suite=None, "
+                             f"{unused[0]}={eps if unused[0] == 'eps' else value_range!r}")
+        attacks = check_attacks(attacks)
+    else:
+        check_choice("suite", suite, SUITES)
+        if isinstance(attacks, Attack) or list(attacks):
+            raise ValueError("Give either `attacks` or `suite`, not both. Received: "
+                             f"suite={suite!r} and {len(check_attacks(attacks))} attack(s)")
+        if eps is None:
+            raise ValueError(f"`eps` is required with suite={suite!r} (the budget in input "
+                             "units, e.g. 8/255 or 0.3). Received: eps=None")
+        if value_range is _UNSET:
+            raise ValueError(f"`value_range` is required with suite={suite!r}: the valid range "
+                             "of the inputs, e.g. (0.0, 1.0), or None if they have none. "
+                             "Received: no value_range")
     x, y = as_arrays(x, y)
     if y is None:
         raise ValueError("`y` is required: robust accuracy needs labels (or pass a "
                          "tf.data.Dataset of (x, y) as `x`). Received: y=None")
     clf = as_classifier(model)
     x, y = clf.check(x, y)
+    suite_info = None
+    if suite is not None:
+        version = "rand" if clf.randomized else suite
+        attacks, notes = standard_suite(eps, norm=norm, num_classes=clf.num_classes,
+                                        version=version, value_range=value_range,
+                                        images=x.ndim == 4, seed=seed)
+        suite_info = {"suite": suite, "version": version, "attacks": [a.label for a in attacks],
+                      "protocol": "AutoAttack: each attack runs on the examples every earlier "
+                                  "attack left correctly classified; rows are cumulative",
+                      "notes": notes}
+        if version != suite:
+            layers = sorted({type(layer).__name__ for layer, _ in clf.adaptive_layers})
+            suite_info["notes"] = [
+                f"The model has randomized layers ({', '.join(layers)}), so the 'rand' version "
+                "ran (APGD-CE and APGD-DLR with EOT over 20 draws) instead of "
+                f"{suite!r}.", *notes]
     check_attacks(attacks, clf)
+    for attack in attacks:  # every mistake (value range, target classes, ...) before any work
+        attack.check_data(clf, x, y)
     description = clf.describe()
     if clf.logits_from_log_probabilities and any(a.uses_gradients for a in attacks):
         saturated = int(clf.saturated(x, batch_size).sum())
@@ -484,53 +633,106 @@ def evaluate_robustness(
                 "softmax/sigmoid keras_secure can see.")
             warnings.warn(message, UserWarning, stacklevel=2)
             description["warnings"] = [message]
-    keep_adversarial = check_bool("keep_adversarial", keep_adversarial)
+    cascade = suite is not None
     n = x.shape[0]
     clean_pred = clf.predict_labels(x, batch_size)
     clean_correct = clean_pred == y
-    kept, predictions = {}, {"clean": clean_pred}
     clean_acc = float(clean_correct.mean())
+    kept, predictions = {}, {"clean": clean_pred}
     labels = _unique_labels([a.label for a in attacks])
-    results, survived = [], []
+    if cascade:
+        labels = [label if i == 0 else f"+ {label}" for i, label in enumerate(labels)]
+    results, survived, ran, broke = [], [], [], []
+    active = clean_correct.copy()  # cascade: still correct after every attack so far
+    out = sys.stdout if verbose == 1 else sys.stderr
     for index, (attack, label) in enumerate(zip(attacks, labels), start=1):
+        todo = np.flatnonzero(active) if cascade else np.arange(n)
         if verbose:
-            print(f"[{index}/{len(attacks)}] {label} on {n} examples",
-                  file=sys.stdout if verbose == 1 else sys.stderr, flush=True,
-                  end="\n" if verbose == 1 else " ...")
-        bar = keras.utils.Progbar(n, unit_name="example") if verbose == 1 else None
+            print(f"[{index}/{len(attacks)}] {label} on {todo.size} examples", file=out,
+                  flush=True, end="\n" if verbose == 1 else " ...")
+        bar = keras.utils.Progbar(todo.size, unit_name="example") if verbose == 1 else None
         start = time.perf_counter()
         parts = []
-        for i in range(0, n, batch_size):
-            parts.append(np.asarray(attack(clf, x[i:i + batch_size], y[i:i + batch_size])))
+        for i in range(0, todo.size, batch_size):
+            chunk = todo[i:i + batch_size]
+            parts.append(np.asarray(attack(clf, x[chunk], y[chunk])))
             if bar is not None:
-                bar.update(min(n, i + batch_size))
-        x_adv = np.concatenate(parts)
+                bar.update(min(todo.size, i + batch_size))
+        x_adv = x.astype(np.float32, copy=True)
+        adv_pred = clean_pred.copy()
+        if todo.size:
+            x_adv[todo] = np.concatenate(parts)
+            adv_pred[todo] = clf.predict_labels(x_adv[todo], batch_size)
         seconds = time.perf_counter() - start
-        adv_pred = clf.predict_labels(x_adv, batch_size)
+        ran_mask = np.zeros(n, bool)
+        ran_mask[todo] = True
         adv_correct = (adv_pred == y) & clean_correct
-        survived.append(adv_correct)
+        fooled = ran_mask & clean_correct & ~adv_correct
+        if cascade:
+            active &= ~fooled
+            robust_now = active.copy()
+        else:
+            robust_now = adv_correct
+        ran.append(ran_mask)
+        broke.append(fooled)
+        survived.append(robust_now)
         if keep_adversarial:
             kept[label], predictions[label] = x_adv, adv_pred
-        fooled = clean_correct & ~adv_correct
         mean_norm, median_norm, p90_norm = _stats(
             _norms(x_adv[fooled] - x[fooled].astype(np.float32), attack.norm))
+        accuracy = float(robust_now.mean())
         results.append(AttackResult(
             attack=label, norm=attack.norm, eps=attack.eps,
             threat_model=threat_model(attack.norm, attack.eps), num_examples=n,
-            clean_accuracy=clean_acc, adversarial_accuracy=float(adv_correct.mean()),
-            accuracy_drop=clean_acc - float(adv_correct.mean()),
-            success_rate=_rate(fooled, clean_correct), mean_perturbation=mean_norm,
-            median_perturbation=median_norm, p90_perturbation=p90_norm, seconds=seconds))
+            clean_accuracy=clean_acc, adversarial_accuracy=accuracy,
+            accuracy_drop=clean_acc - accuracy,
+            success_rate=_rate(clean_correct & ~robust_now, clean_correct),
+            mean_perturbation=mean_norm, median_perturbation=median_norm,
+            p90_perturbation=p90_norm, seconds=seconds, cumulative=cascade))
         if verbose == 2:
-            print(f" accuracy {100 * adv_correct.mean():.1f}% ({seconds:.1f} s)",
-                  file=sys.stderr, flush=True)
+            print(f" accuracy {100 * accuracy:.1f}% ({seconds:.1f} s)", file=sys.stderr,
+                  flush=True)
     worst, worst_masks = _worst_cases(results, survived, clean_correct)
+    flags = []
+    if diagnostics:
+        groups: dict = {}
+        for i, row in enumerate(results):
+            if row.eps is not None:
+                groups.setdefault(row.threat_model, []).append(i)
+        if verbose:
+            print("[diagnostics] gradient-masking checks", file=out, flush=True,
+                  end="\n" if verbose == 1 else " ...")
+        start = time.perf_counter()
+        evidence = diag.Evidence(clf, x, y, clean_correct, attacks, ran, broke, batch_size,
+                                 seed, diagnostic_examples)
+        flags = diag.diagnose(evidence, groups, surrogate=surrogate)
+        if verbose == 2:
+            fired = sum(bool(f.fired) for f in flags)
+            print(f" {fired} flag(s) fired ({time.perf_counter() - start:.1f} s)",
+                  file=sys.stderr, flush=True)
+        results = [_with_flags(row, flags) for row in results]
+        worst = [_with_flags(row, flags) for row in worst]
     robust = {row.attack: mask for row, mask in zip(results, survived)}
     robust.update({row.attack: mask for row, mask in zip(worst, worst_masks)})
     return RobustnessReport(results, worst, description, labels=y, clean_correct=clean_correct,
                             robust=robust, inputs=x if keep_adversarial else None,
                             adversarial=kept,
-                            predictions=predictions if keep_adversarial else {})
+                            predictions=predictions if keep_adversarial else {},
+                            diagnostics=[f.to_dict() for f in flags] if diagnostics else None,
+                            suite=suite_info)
+
+
+def _with_flags(row: AttackResult, flags) -> AttackResult:
+    """The row with the names of the fired flags that concern it: global ones, its norm's and
+    its threat model's."""
+    norm_label = "Linf" if row.norm == "linf" else "L2"
+    names = tuple(dict.fromkeys(
+        f.flag for f in flags if f.fired and f.threat_model in (None, norm_label,
+                                                                row.threat_model)))
+    if row.eps is None:  # minimal-norm rows: only their own attack-failure flag
+        names = tuple(f.flag for f in flags if f.fired and f.threat_model == row.threat_model
+                      and f.evidence.get("attack") == row.attack)
+    return dataclasses.replace(row, flags=names)
 
 
 def _worst_cases(results, survived, clean_correct):
