@@ -226,13 +226,18 @@ def test_epsilon_one_through_fit_rewards_chance(digits):
     assert history.history["pg_reward"][0] == pytest.approx(0.1, abs=tolerance(0.1, len(x)))
 
 
-def test_the_cnn_learns_the_digits(digits):
-    x, y, x_test, y_test = digits
+def seeded_cnn():
     keras.utils.set_random_seed(0)
     model = ks.models.small_cnn(seed=0)
     model.compile(keras.optimizers.Adam(1e-3),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
+    return model
+
+
+def test_the_cnn_learns_the_digits(digits):
+    x, y, x_test, y_test = digits
+    model = seeded_cnn()
     history = model.fit(x, y, batch_size=64, epochs=8, verbose=0, callbacks=[
         PolicyGradientTraining(epsilon=0.1, epsilon_end=0.0, decay_steps=100, seed=0)])
     accuracy = np.mean(ks.classifier.as_classifier(model).predict_labels(x_test) == y_test)
@@ -271,10 +276,7 @@ def test_policy_acts_on_the_adversarial_batch(order):
 
 def test_rl_adv_trains_on_pgd_examples(digits):
     x, y, _, _ = digits
-    keras.utils.set_random_seed(0)
-    model = ks.models.small_cnn(seed=0)
-    model.compile(keras.optimizers.Adam(1e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model = seeded_cnn()
     pgd = A.PGD(0.1, steps=3, value_range=VALUE_RANGE, seed=0)
     history = model.fit(x[:512], y[:512], batch_size=64, epochs=3, verbose=0, callbacks=[
         AdversarialTraining(pgd), PolicyGradientTraining(epsilon=0.1, seed=0)])
