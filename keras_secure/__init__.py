@@ -29,12 +29,14 @@ from keras_secure import (  # noqa: E402
     callbacks,
     datasets,
     evaluation,
+    explain,
     layers,
     models,
+    poisoning,
     privacy,
     rl,
     training,
 )
 
-__all__ = ["Classifier", "attacks", "callbacks", "classifier", "datasets", "evaluation", "layers",
-           "models", "privacy", "rl", "training", "__version__"]
+__all__ = ["Classifier", "attacks", "callbacks", "classifier", "datasets", "evaluation", "explain",
+           "layers", "models", "poisoning", "privacy", "rl", "training", "__version__"]
