@@ -90,8 +90,14 @@ def test_page_without_diagnostics_says_so(report, tmp_path):
     page = HtmlReport("t")
     page.add_robustness_report(page.section("R"), report_copy, "no checks")
     text = static_check(page.render())["text"]
-    assert "Gradient-masking diagnostics were not run" in text
+    assert "No gradient-masking diagnostics were run" in text
     assert "The diagnostics were not run for this report" in text
+    report_copy.diagnostics = []  # no indicators at all: never "no flag fired"
+    page = HtmlReport("t")
+    page.add_robustness_report(page.section("R"), report_copy, "empty")
+    text = static_check(page.render())["text"]
+    assert "No gradient-masking diagnostics were run" in text and "No gradient-masking flag" \
+        not in text
 
 
 def test_markdown_images_are_embedded_and_problems_shown(tmp_path):

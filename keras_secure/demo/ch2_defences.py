@@ -57,7 +57,7 @@ def run(ctx) -> None:
         naive = _defended(cnn, make("exact") if make else None)
         report = evaluate_robustness(adaptive, x_eval, y_eval, [
             *_attacks(ctx.quick, ctx.seed, linf_eps, l2_eps),
-            A.Square(linf_eps, queries=200 if ctx.quick else 500, value_range=VALUE_RANGE,
+            A.Square(linf_eps, queries=200 if ctx.quick else 300, value_range=VALUE_RANGE,
                      seed=ctx.seed)])
         # keras_secure always attacks through the adaptive path; adaptive=False shows what a
         # naive evaluation (the layers' own masked gradients) would have reported.
@@ -79,7 +79,7 @@ def run(ctx) -> None:
 
     ctx.log("randomized smoothing: noise training and certification ...")
     n_cert = 50 if ctx.quick else 100
-    n_samples = 500 if ctx.quick else 2000
+    n_samples = 500 if ctx.quick else 1000
     curves = {}
     for sigma in SIGMAS:
         keras.utils.set_random_seed(ctx.seed)
@@ -90,8 +90,7 @@ def run(ctx) -> None:
         trainer.compile(keras.optimizers.Adam(2e-3),
                         keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         # fit calls the layer with training=True: Gaussian noise augmentation of the base.
-        trainer.fit(x_train, y_train, epochs=6, batch_size=64,
-                    verbose=0)
+        trainer.fit(x_train, y_train, epochs=6 if ctx.quick else 4, batch_size=64, verbose=0)
         predictions, radii = smoothed.certify(x_test[:n_cert], n0=100, n=n_samples,
                                               alpha=0.001, batch_size=2000)
         curves[sigma] = layers.certified_accuracy(radii, predictions, y_test[:n_cert], RADII)

@@ -212,6 +212,9 @@ class HtmlReport:
         env.filters["json"] = lambda value: json.dumps(value, default=str)
         reports = [b for s in self.sections for b in s.blocks if b["kind"] == "robustness"]
         fired = [(b, f) for b in reports for f in b["diagnostics"] or [] if f["fired"]]
+        # a report without indicators (switched off, or a report type without them) says
+        # nothing about masking: the page never counts it as "no flag fired"
+        unchecked = [b for b in reports if not b["diagnostics"]]
         return env.get_template("report.html.j2").render(
             title=self.title, subtitle=self.subtitle, sections=self.sections,
             settings=[(k, _setting(v)) for k, v in self.settings.items()],
@@ -219,7 +222,7 @@ class HtmlReport:
             run_time=_duration(run_seconds) if run_seconds is not None else None,
             generated=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
             num_reports=len(reports), fired=fired,
-            unchecked=[b for b in reports if b["diagnostics"] is None])
+            unchecked=unchecked)
 
     def write(self, path: str, run_seconds: float | None = None) -> str:
         """Write the page (UTF-8) and return its path."""
