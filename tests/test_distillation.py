@@ -18,16 +18,24 @@ def linear(weights, classes=3):
     return model
 
 
-def test_distillation_loss_matches_hand_computation():
+@pytest.mark.parametrize("l2", [0.0, 0.05])
+@pytest.mark.parametrize("labelled", [True, False])
+def test_distillation_loss_matches_hand_computation(l2, labelled):
+    """(1 - alpha) * hard + alpha * soft, plus the student's regularization loss in full (not
+    scaled by 1 - alpha), with and without labels."""
     teacher = linear([[1.0, -1.0, 0.5], [0.0, 2.0, -1.0]])
-    student = linear([[0.2, 0.1, -0.3], [0.4, -0.2, 0.0]])
+    student = keras.Sequential([keras.Input((2,)), keras.layers.Dense(
+        3, kernel_regularizer=keras.regularizers.L2(l2) if l2 else None)])
+    student.layers[-1].set_weights([np.array([[0.2, 0.1, -0.3], [0.4, -0.2, 0.0]], np.float32),
+                                    np.zeros(3, np.float32)])
     student.compile(keras.optimizers.SGD(0.0),
                     keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x = np.array([[1.0, 0.5], [-0.5, 2.0], [0.3, -1.0]], np.float32)
     y = np.array([0, 1, 2])
     t, alpha = 3.0, 0.7
-    history = student.fit(x, y, batch_size=3, epochs=1, verbose=0,
+    history = student.fit(x, y if labelled else None, batch_size=3, epochs=1, verbose=0,
                           callbacks=[Distillation(teacher, temperature=t, alpha=alpha)])
+    reg = l2 * (student.get_weights()[0] ** 2).sum()
 
     def softmax(z):
         e = np.exp(z - z.max(1, keepdims=True))
@@ -38,8 +46,8 @@ def test_distillation_loss_matches_hand_computation():
     p, q = softmax(zt / t), softmax(zs / t)
     soft = (p * np.log(p / q)).sum(1).mean() * t ** 2
     assert history.history["distillation_loss"][0] == pytest.approx(soft, rel=1e-5)
-    assert history.history["loss"][0] == pytest.approx((1 - alpha) * hard + alpha * soft,
-                                                       rel=1e-5)
+    expected = ((1 - alpha) * hard + alpha * soft) if labelled else soft
+    assert history.history["loss"][0] == pytest.approx(expected + reg, rel=1e-5)
 
 
 def test_distillation_trains_a_student(digits, cnn, eval_set):

@@ -238,14 +238,11 @@ class _PolicyGradientStage(Stage):
         self.record("pg_reward", rewards)
         self.record("pg_epsilon", epsilon)
         self.record("pg_loss", surrogate)
-        # Replace, not add: the hook adds this term to the model's total loss `base_loss`
-        # (compiled loss + the model's own regularization losses). Subtracting the compiled
-        # part leaves the surrogate plus the regularization losses; the compiled loss's gradient
-        # cancels exactly (1 - 1 = 0), provided it is finite.
-        regularization = tf.add_n([tf.cast(tf.reduce_sum(v), tf.float32) for v in model.losses]
-                                  ) if model.losses else tf.constant(0.0)
-        base_loss = tf.cast(base_loss, tf.float32)
-        return surrogate - (base_loss - regularization)
+        # Replace, not add: the hook adds this term to the model's total loss, and
+        # `base_loss` is its compiled part (the model's regularization losses excluded).
+        # Subtracting it leaves the surrogate plus the regularization losses; the compiled
+        # loss's gradient cancels exactly (1 - 1 = 0), provided it is finite.
+        return surrogate - tf.cast(base_loss, tf.float32)
 
 
 class PolicyGradientTraining(StageCallback):

@@ -37,7 +37,9 @@ class Stage:
 
     - ``transforms_batch``: ``transform(model, x, y, sample_weight) -> (x, y, sample_weight)``.
     - ``adds_loss``: ``loss(model, x, y, y_pred, sample_weight, base_loss) -> scalar`` added to
-      the compiled loss (``base_loss``, the compiled loss of the batch, is given for logging).
+      the compiled loss (``base_loss`` is the compiled loss of the batch without the model's
+      regularization losses, unscaled by replicas: a stage may subtract it to replace the
+      compiled loss while keeping the regularization).
     - ``computes_gradients`` (at most one per model; DP-SGD):
       ``apply_gradients(model, x, y, sample_weight, per_example_loss) -> (y_pred, losses)``
       computes and applies the update itself and returns the predictions and per-example
@@ -215,17 +217,24 @@ class TrainingHook:
         return logs
 
     def _compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        # Keras's total loss is the compiled loss plus the model's own losses (regularizers,
+        # add_loss). Stages are given the compiled part alone, so that a stage that replaces
+        # it (distillation's (1 - alpha), the policy gradient's surrogate) leaves the
+        # regularization untouched.
+        regularization = _regularization(self.model)
         if y is None and training and self._stages("adds_loss"):
             # No labels (e.g. distillation on unlabeled data): the compiled loss cannot be
-            # computed, the loss stages provide the whole loss.
-            loss = tf.constant(0.0)
+            # computed, the loss stages provide the rest of the loss.
+            loss = regularization
+            compiled = tf.constant(0.0)
         else:
             loss = self._original_compute_loss(x=x, y=y, y_pred=y_pred,
                                                sample_weight=sample_weight, training=training)
+            compiled = loss - tf.cast(regularization, loss.dtype)
         if training:
             # Keras scales the compiled loss by 1 / replicas; stages see and add unscaled values.
             replicas = tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
-            base = loss * replicas
+            base = tf.cast(compiled, loss.dtype) * replicas
             for stage in self._stages("adds_loss"):
                 extra = stage.loss(self.model, x, y, y_pred, sample_weight, base)
                 loss = loss + tf.cast(extra, loss.dtype) / replicas
@@ -244,6 +253,14 @@ class TrainingHook:
         if sample_weight is not None:
             values = values * tf.cast(tf.reshape(sample_weight, [-1]), values.dtype)
         return values
+
+
+def _regularization(model) -> tf.Tensor:
+    """The sum of the model's own losses (regularizers, ``add_loss``), as Keras adds them."""
+    losses = model.losses
+    if not losses:
+        return tf.constant(0.0)
+    return tf.add_n([tf.cast(tf.reduce_sum(v), tf.float32) for v in losses])
 
 
 def attach(model, stage: Stage) -> TrainingHook:
