@@ -174,3 +174,24 @@ def test_randomized_models_get_the_rand_version(cnn, eval_set, monkeypatch):
     assert "RandomizedSmoothing" in report.suite["notes"][0]
     assert [r.attack for r in report.results] == ["APGD-CE-Linf (eps=0.05)",
                                                   "+ APGD-DLR-Linf (eps=0.05)"]
+
+
+def test_transfer_attack_uses_only_the_surrogate(cnn, eval_set):
+    x, y = eval_set[0][:60], eval_set[1][:60]
+    pgd = A.PGD(0.1, steps=10, value_range=VALUE_RANGE, seed=0)
+    transfer = A.Transfer(cnn, pgd)
+    assert transfer.label == "Transfer[PGD-Linf (eps=0.1)]" and not transfer.uses_gradients
+    # the examples are the surrogate's: attacking any model gives the same inputs
+    other = ks.models.small_cnn(seed=1)
+    np.testing.assert_allclose(transfer(other, x, y),
+                               A.PGD(0.1, steps=10, value_range=VALUE_RANGE, seed=0)(cnn, x, y),
+                               atol=1e-6)
+    report = evaluate_robustness(other, x, y, [transfer], diagnostics=False)
+    assert report.results[0].norm == "linf" and report.results[0].eps == 0.1
+    with pytest.raises(ValueError, match="surrogate"):
+        transfer(keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                                   keras.layers.Dense(3)]), x, np.zeros(60, int))
+    with pytest.raises(TypeError, match="attack"):
+        A.Transfer(cnn, "pgd")
+    with pytest.raises(ValueError, match="untargeted"):
+        A.Transfer(cnn, A.PGD(0.1, targeted=True))

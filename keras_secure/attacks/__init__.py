@@ -14,6 +14,7 @@ from keras_secure.attacks.fgsm import FGSM
 from keras_secure.attacks.mifgsm import MIFGSM
 from keras_secure.attacks.pgd import PGD
 from keras_secure.attacks.square import Square
+from keras_secure.attacks.transfer import Transfer
 
 #: lower-case names accepted by :func:`get` and the command line
 ATTACKS = {
@@ -53,4 +54,4 @@ def get(name: str, **kwargs) -> Attack:
 
 
 __all__ = ["Attack", "APGD", "APGDT", "CarliniWagnerL2", "DeepFool", "FAB", "FGSM", "MIFGSM",
-           "PGD", "Square", "ATTACKS", "get", "logits_function"]
+           "PGD", "Square", "Transfer", "ATTACKS", "get", "logits_function"]
