@@ -51,6 +51,10 @@ def test_curve_equals_the_hand_computed_robust_accuracy(linear):
     np.testing.assert_allclose(curve.worst_case, expected, atol=0)
     assert curve.clean_accuracy == pytest.approx(np.mean(margin > 0))
     assert curve.num_examples == len(x)
+    assert all(r.diagnostics for r in curve.reports)  # masking checks ran at every eps
+    quiet = robustness_curve(model, x, y, {"FGSM": lambda e: A.FGSM(e)}, eps, diagnostics=False)
+    assert all(r.diagnostics is None for r in quiet.reports)
+    np.testing.assert_array_equal(quiet.accuracy["FGSM"], curve.accuracy["FGSM"])
     # every point is the report's own figure at that eps
     assert [r.results[0].eps for r in curve.reports] == eps
     for i, e in enumerate(eps):

@@ -100,6 +100,7 @@ def robustness_curve(
     *,
     batch_size: int = 256,
     verbose=0,
+    diagnostics: bool = True,
 ) -> RobustnessCurve:
     """Accuracy under each attack, and in the worst case over them, at each eps.
 
@@ -126,6 +127,9 @@ def robustness_curve(
             units of ``x``.
         batch_size: examples per batch, >= 1. Defaults to 256.
         verbose: passed to ``evaluate_robustness`` (0, 1 or 2). Defaults to 0.
+        diagnostics: run ``evaluate_robustness``'s gradient-masking diagnostics for every eps
+            (each report's ``diagnostics``); they cost extra attack runs per eps, so pass False
+            when the threat model's own report already carries them. Defaults to True.
 
     Returns:
         A :class:`RobustnessCurve`.
@@ -166,7 +170,8 @@ def robustness_curve(
                 "norm's budget. Received: "
                 + ", ".join(f"{n} ({a.norm})" for n, a in zip(names, built)))
         norm = built[0].norm
-        report = evaluate_robustness(model, x, y, built, batch_size=batch_size, verbose=verbose)
+        report = evaluate_robustness(model, x, y, built, batch_size=batch_size, verbose=verbose,
+                                     diagnostics=diagnostics)
         for name, row in zip(names, report.results):
             rows.setdefault(name, []).append(row.adversarial_accuracy)
         worst.append(report.worst_case_for(norm, built[0].eps).adversarial_accuracy)
