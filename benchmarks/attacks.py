@@ -1,4 +1,5 @@
-"""Attack throughput: examples/second and cost in forward+backward passes, vs ART.
+"""Attack throughput: examples/second and cost in forward+backward passes, vs ART; the cost of
+the AutoAttack standard suite and of the gradient-masking diagnostics.
 
 For each attack, on the digits CNN (8x8x1, trained) and on a CIFAR-sized ConvNet (32x32x3,
 random weights, synthetic images), this prints the examples attacked per second and the ratio
@@ -7,6 +8,12 @@ the same run (so PGD-10 ideally costs about 11: ten gradients and a final forwar
 If adversarial-robustness-toolbox is installed (``make bench-setup``), its FGSM, PGD and
 C&W-L2 run on the same Keras model with the same settings and the speed-up of keras_secure over
 ART is printed.
+
+The suite section runs ``evaluate_robustness(suite="standard")`` (APGD-CE, APGD-T, FAB-T,
+Square-5000 under AutoAttack's protocol: each attack only on the examples still correct) on the
+trained digits CNN and prints each attack's time, the examples it ran on and its cost in
+forward+backward passes of the whole batch; then the report's diagnostics overhead (the same
+evaluation with and without ``diagnostics``).
 
 Run: ``make bench`` or ``.venv/bin/python benchmarks/attacks.py [--batch 256] [--repeats 3]``.
 """
@@ -126,6 +133,35 @@ def bench_model(title, model, x, y, eps, repeats):
     return base, ours
 
 
+def bench_suite(model, x, y, eps):
+    from keras_secure.evaluation import evaluate_robustness
+
+    print(f"\n## AutoAttack standard suite, L-inf eps={eps:g}, {len(x)} digits\n")
+    step = grad_pass(model)
+    xt, yt = tf.constant(x), tf.constant(y, tf.int32)
+    base = timed(lambda: step(xt, yt).numpy(), 3)
+    evaluate_robustness(model, x[:8], y[:8], suite="standard", eps=eps, value_range=VR,
+                        diagnostics=False)  # warm-up: tracing is not part of the cost
+    start = time.perf_counter()
+    report = evaluate_robustness(model, x, y, suite="standard", eps=eps, value_range=VR,
+                                 diagnostics=False)
+    total = time.perf_counter() - start
+    print("| attack (cumulative) | robust accuracy | seconds | time / (fwd+bwd of the batch) |")
+    print("|---|---|---|---|")
+    for row in report.results:
+        print(f"| {row.attack} | {100 * row.adversarial_accuracy:.1f}% | {row.seconds:.2f} | "
+              f"{row.seconds / base:.0f} |")
+    print(f"| whole suite | {100 * report.worst_case.adversarial_accuracy:.1f}% | {total:.2f} | "
+          f"{total / base:.0f} |")
+    attacks = [A.PGD(eps, steps=20, value_range=VR, seed=0)]
+    evaluate_robustness(model, x[:8], y[:8], attacks)  # warm-up of the diagnostics' attacks
+    plain = timed(lambda: evaluate_robustness(model, x, y, attacks, diagnostics=False), 1)
+    checked = timed(lambda: evaluate_robustness(model, x, y, attacks), 1)
+    print(f"\nPGD-20 report without diagnostics: {plain:.2f} s; with them: {checked:.2f} s "
+          f"(diagnostics cost {checked - plain:.2f} s = {(checked - plain) / base:.0f} "
+          "forward+backward passes of the batch)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=256)
@@ -140,6 +176,7 @@ def main():
     xd = np.concatenate([x_test] * reps)[:args.batch]
     yd = np.concatenate([y_test] * reps)[:args.batch]
     bench_model("digits CNN (trained)", digits, xd, yd, 0.1, args.repeats)
+    bench_suite(digits, xd, yd, 0.1)
 
     rng = np.random.default_rng(0)
     cifar = ks.models.small_cnn((32, 32, 3), 10, width=32, seed=0)

@@ -40,6 +40,9 @@ MIN_MEAN_COSINE = 0.05
 #: Unbounded attack: fires when accuracy stays above this under a budget that covers (or is
 #: 10x) the threat model's.
 UNBOUNDED_MAX_ACCURACY = 0.02
+#: Queries of the Square attack the black-box check runs when the report has no gradient-free
+#: attack (on at most ``max_examples`` examples that survived the white-box attacks).
+BLACK_BOX_QUERIES = 400
 #: Minimal-norm attacks without a budget must break at least this fraction of the correctly
 #: classified examples.
 MINIMAL_NORM_SUCCESS = 0.99
@@ -322,10 +325,11 @@ def _black_box(ev: Evidence, label, members) -> Flag:
             return _flag(name, None, label,
                          "Not checked: keras_secure's gradient-free attack (Square) is L-inf "
                          "and image-only.")
-        attack = Square(first.eps, queries=1000, p_init=0.3, value_range=first.value_range,
+        attack = Square(first.eps, queries=BLACK_BOX_QUERIES, p_init=0.3,
+                        value_range=first.value_range,
                         seed=ev.seed)
         index = ev.sample(survivors)
-        black = attack.label + " (1000 queries, run by the diagnostics)"
+        black = f"{attack.label} ({BLACK_BOX_QUERIES} queries, run by the diagnostics)"
         if index.size == 0:
             return _flag(name, False, label, "No example survived the white-box attacks.",
                          white_box=white)
