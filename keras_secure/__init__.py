@@ -34,9 +34,11 @@ from keras_secure import (  # noqa: E402
     models,
     poisoning,
     privacy,
+    reporting,
     rl,
     training,
 )
 
 __all__ = ["Classifier", "attacks", "callbacks", "classifier", "datasets", "evaluation", "explain",
-           "layers", "models", "poisoning", "privacy", "rl", "training", "__version__"]
+           "layers", "models", "poisoning", "privacy", "reporting", "rl", "training",
+           "__version__"]

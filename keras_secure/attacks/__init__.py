@@ -31,8 +31,8 @@ ATTACKS = {
 
 
 def get(name: str, **kwargs) -> Attack:
-    """Build an attack by its short name (``fgsm``, ``pgd``, ``mifgsm``, ``apgd``, ``apgdt``, ``cw``,
-    ``deepfool``, ``fab``, ``square``) with constructor keyword arguments.
+    """Build an attack by its short name (``fgsm``, ``pgd``, ``mifgsm``, ``apgd``, ``apgdt``,
+    ``cw``, ``deepfool``, ``fab``, ``square``) with constructor keyword arguments.
 
     Args:
         name: short name, case-insensitive.

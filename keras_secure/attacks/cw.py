@@ -31,7 +31,12 @@ class CarliniWagnerL2(Attack):
         steps: Adam iterations per binary-search round, >= 1. Defaults to 100.
         binary_search_steps: rounds of the search over ``c``, >= 1. Defaults to 9.
         initial_const: first ``c``, > 0. Defaults to 1e-3 (the paper's value).
-        learning_rate: Adam learning rate in tanh space, > 0. Defaults to 1e-2.
+        learning_rate: Adam learning rate in tanh space, > 0. Defaults to 0.1. The paper's
+            1e-2 needs thousands of steps on images with saturated pixels (MNIST's zeros sit
+            at ``w = -7.25`` in tanh space, and Adam moves ``w`` by about the learning rate per
+            step): measured on 100 MNIST digits and a 95%-accurate CNN, 100 steps at 1e-2 found
+            examples for 51% of them, 100 steps at 0.1 for 100% (median L2 1.46; 1000 steps at
+            1e-2: 100%, median L2 1.36, at 10 times the cost).
         abort_early: stop a round when the total loss has not decreased by 0.01% over
             ``steps // 10`` iterations. Defaults to True.
         eps: optional L2 budget > 0; perturbations above it count as failures. Defaults to None.
@@ -59,7 +64,7 @@ class CarliniWagnerL2(Attack):
 
     def __init__(self, *, value_range: tuple[float, float] | None = None,
                  confidence: float = 0.0, steps: int = 100, binary_search_steps: int = 9,
-                 initial_const: float = 1e-3, learning_rate: float = 1e-2,
+                 initial_const: float = 1e-3, learning_rate: float = 0.1,
                  abort_early: bool = True, eps: float | None = None, targeted: bool = False,
                  seed: int | None = None, batch_size: int | None = None):
         if value_range is None:

@@ -10,7 +10,16 @@ import sys
 import time
 from typing import Callable, Sequence
 
-from keras_secure.demo import ch1_attacks, ch2_defences, ch3_training, ch4_privacy, ch5_rl
+from keras_secure.demo import (
+    ch1_attacks,
+    ch2_defences,
+    ch3_training,
+    ch4_privacy,
+    ch5_rl,
+    ch_explain,
+    ch_masking,
+    ch_poisoning,
+)
 
 
 class DemoContext:
@@ -214,6 +223,11 @@ CHAPTERS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("Robust training: adversarial training and distillation", ch3_training.run),
     ("Privacy: DP-SGD and membership inference", ch4_privacy.run),
     ("Reinforcement learning: attacks and defences on a TF-Agents DQN agent", ch5_rl.run),
+    ("Honest evaluation: gradient masking and seed 002's RL-trained classifier",
+     ch_masking.run),
+    ("Data poisoning: backdoors, detection and repair", ch_poisoning.run),
+    ("Explainability: SHAP vs LIME attributions and an attribution-based detector",
+     ch_explain.run),
 ]
 
 

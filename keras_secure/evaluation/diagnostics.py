@@ -40,9 +40,10 @@ MIN_MEAN_COSINE = 0.05
 #: Unbounded attack: fires when accuracy stays above this under a budget that covers (or is
 #: 10x) the threat model's.
 UNBOUNDED_MAX_ACCURACY = 0.02
+UNBOUNDED_STEPS = 10
 #: Queries of the Square attack the black-box check runs when the report has no gradient-free
 #: attack (on at most ``max_examples`` examples that survived the white-box attacks).
-BLACK_BOX_QUERIES = 400
+BLACK_BOX_QUERIES = 250
 #: Minimal-norm attacks without a budget must break at least this fraction of the correctly
 #: classified examples.
 MINIMAL_NORM_SUCCESS = 0.99
@@ -280,7 +281,7 @@ def _unbounded(ev: Evidence, groups: dict, norm: str) -> Flag:
         big = min(big, cap)
     eot = max([getattr(ev.attacks[i], "eot_samples", 1) for members in groups.values()
                for i in members] + [1])
-    attack = PGD(big, steps=20, norm=norm, value_range=value_range, seed=ev.seed,
+    attack = PGD(big, steps=UNBOUNDED_STEPS, norm=norm, value_range=value_range, seed=ev.seed,
                  eot_samples=eot)
     label = "Linf" if norm == "linf" else "L2"
     index = ev.sample(ev.clean_correct)
@@ -289,13 +290,15 @@ def _unbounded(ev: Evidence, groups: dict, norm: str) -> Flag:
                      "No correctly classified example to attack.")
     accuracy = float(ev.correct_after(attack, index).mean())
     fired = accuracy > UNBOUNDED_MAX_ACCURACY and int(round(accuracy * index.size)) >= MIN_COUNT
-    message = (f"PGD-20 with a budget of {big:g} ({label}) leaves {100 * accuracy:.0f}% of "
-               f"{index.size} correctly classified examples correct. With that budget any "
-               f"input can be reached, so accuracy must approach 0%: {NOT_EVIDENCE}."
+    message = (f"PGD-{UNBOUNDED_STEPS} with a budget of {big:g} ({label}) leaves "
+               f"{100 * accuracy:.0f}% of {index.size} correctly classified examples correct. "
+               f"With that budget any input can be reached, so accuracy must approach 0%: "
+               f"{NOT_EVIDENCE}."
                if fired else
-               f"PGD-20 with a budget of {big:g} ({label}) brings accuracy to "
+               f"PGD-{UNBOUNDED_STEPS} with a budget of {big:g} ({label}) brings accuracy to "
                f"{100 * accuracy:.0f}% of {index.size} correctly classified examples.")
-    return _flag("unbounded_attack_fails", fired, label, message, eps=big, steps=20,
+    return _flag("unbounded_attack_fails", fired, label, message, eps=big,
+                 steps=UNBOUNDED_STEPS,
                  accuracy=accuracy, examples=int(index.size))
 
 
@@ -384,15 +387,16 @@ def _not_converged(ev: Evidence, label, members) -> Flag:
     base = ev.attacks[strongest]
     config = base.get_config()
     seed = (ev.seed or 0) + 1
-    if "steps" in config and "restarts" in config:
+    if "steps" in config and not base.minimal_norm:
         stronger = type(base).from_config({**config, "steps": 2 * config["steps"],
-                                           "restarts": config["restarts"] + 1, "seed": seed})
-        how = f"{base.label} with twice the steps and one more restart"
+                                           "seed": seed})
+        how = f"{base.label} with twice the steps from new random starts"
     else:
-        stronger = APGD(base.eps, norm=base.norm, steps=100, restarts=2,
+        stronger = APGD(base.eps, norm=base.norm, steps=50,
                         value_range=base.value_range, seed=seed,
                         eot_samples=getattr(base, "eot_samples", 1))
-        how = f"{stronger.label}, 100 steps x 2 restarts (as {base.label} has no steps)"
+        how = (f"{stronger.label} with 50 steps (a budgeted attack, where {base.label} "
+               f"{'looks for minimal perturbations' if base.minimal_norm else 'has no steps'})")
     index = ev.sample(survivors)
     if index.size == 0:
         return _flag(name, False, label, "No example survived the attacks.", stronger=how)
