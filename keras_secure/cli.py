@@ -80,6 +80,12 @@ def build_attacks(names, args) -> list:
             built.append(A.MIFGSM(args.eps, steps=args.steps, value_range=vr, seed=seed))
         elif name == "apgd":
             built.append(A.APGD(args.eps, steps=max(args.steps, 10), value_range=vr, seed=seed))
+        elif name == "apgdt":
+            built.append(A.APGDT(args.eps, steps=max(args.steps, 10), value_range=vr,
+                                 seed=seed))
+        elif name == "fab":
+            built.append(A.FAB(eps=args.eps, steps=max(args.steps, 10), value_range=vr,
+                               seed=seed))
         elif name == "square":
             built.append(A.Square(args.eps, queries=50 * args.steps, value_range=vr, seed=seed))
         elif name == "cw":
@@ -118,7 +124,7 @@ def _load_error(path: str, err: BaseException) -> str:
             "before loading, so keras_secure's own layers load)")
 
 
-def _load_model(path: str):
+def _load_model(path: str, what: str = "MODEL"):
     import keras
 
     import keras_secure  # noqa: F401  (registers keras_secure's serializable layers)
@@ -126,7 +132,7 @@ def _load_model(path: str):
     try:
         return keras.saving.load_model(path)
     except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile) as err:
-        raise UsageError(_load_error(path, err)) from None
+        raise UsageError(_load_error(path, err).replace("MODEL", what, 1)) from None
 
 
 def _preflight(attacks, clf, x, y) -> None:
@@ -174,19 +180,43 @@ def _evaluate(args, x, y) -> int:
     except (TypeError, ValueError) as err:
         raise UsageError(_one_line(err)) from None
     model = _load_model(args.model)
+    surrogate = None if args.surrogate is None else _load_model(args.surrogate, "--surrogate")
+    suite = {}
+    if args.suite is not None:
+        suite = dict(suite=args.suite, eps=args.eps, norm=args.norm,
+                     value_range=tuple(args.value_range), seed=args.seed)
     try:
         clf = as_classifier(model)
         clf.check(x, y)  # the classifier contract's checks of the model, x and y
+        if surrogate is not None:
+            other = as_classifier(surrogate)
+            other.check(x[:1])
+            if other.num_classes != clf.num_classes:
+                raise ValueError(f"--surrogate must have MODEL's {clf.num_classes} classes. "
+                                 f"Received: a surrogate with {other.num_classes} classes")
+        if suite:
+            from keras_secure.evaluation import standard_suite
+
+            attack_list, _ = standard_suite(
+                args.eps, norm=args.norm, num_classes=clf.num_classes,
+                version="rand" if clf.randomized else args.suite,
+                value_range=suite["value_range"], images=x.ndim == 4, seed=args.seed)
         _preflight(attack_list, clf, x, y)
     except (TypeError, ValueError) as err:
         raise UsageError(_one_line(err)) from None
 
     # the HTML page shows a grid of adversarial images, so it keeps them for image data
     keep = bool(args.save_adv) or (bool(args.report) and x.ndim == 4)
-    report = evaluate_robustness(model, x, y, attack_list, batch_size=args.batch_size,
-                                 verbose=args.verbose, keep_adversarial=keep)
+    report = evaluate_robustness(model, x, y, [] if suite else attack_list,
+                                 batch_size=args.batch_size, verbose=args.verbose,
+                                 keep_adversarial=keep, surrogate=surrogate,
+                                 diagnostics=not args.no_diagnostics, **suite)
     print(_describe(report, args, int(x.shape[0])))
     print(report.table(full=True))
+    if report.suite:
+        print(f"\nStandard suite ({report.suite['version']} version): "
+              f"{report.suite['protocol']}." + "".join(f" {n}" for n in report.suite["notes"]))
+    print("\n" + report.diagnostics_text())
     run_info = {
         "keras_secure": _front.version(),
         "model": args.model,
@@ -194,6 +224,7 @@ def _evaluate(args, x, y) -> int:
         "num_examples": int(x.shape[0]),
         "value_range": list(args.value_range) if args.value_range else None,
         "attacks": [{"class": type(a).__name__, **a.get_config()} for a in attack_list],
+        "suite": report.suite,
     }
     if args.output:
         text = json.dumps({"run": run_info, **json.loads(report.to_json())}, indent=2,

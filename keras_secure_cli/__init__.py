@@ -25,9 +25,12 @@ import sys
 __all__ = ["EVALUATE_ATTACKS", "LINF_ATTACKS", "UsageError", "build_parser", "main", "version"]
 
 #: the attacks of ``keras-secure evaluate --attacks``
-EVALUATE_ATTACKS = ("fgsm", "pgd", "mifgsm", "apgd", "square", "cw", "deepfool")
+EVALUATE_ATTACKS = ("fgsm", "pgd", "mifgsm", "apgd", "apgdt", "fab", "square", "cw",
+                    "deepfool")
 #: the attacks with an L-inf budget (``--eps``); cw and deepfool are L2 (``--l2-eps``)
-LINF_ATTACKS = ("fgsm", "pgd", "mifgsm", "apgd", "square")
+LINF_ATTACKS = ("fgsm", "pgd", "mifgsm", "apgd", "apgdt", "fab", "square")
+#: ``keras-secure evaluate --suite``
+SUITES = ("standard", "rand")
 #: the default ``--attacks``: all L-inf at ``--eps``, so one threat model and one worst case,
 #: plus square for images: it is score-based, so masked gradients cannot hide a weakness from it
 #: (it takes images only)
@@ -131,10 +134,13 @@ attack and, per threat model (norm and budget), the worst case, in which an exam
 robust only if it survives every attack of that threat model. The model may output logits,
 softmax probabilities, one sigmoid unit or one logit (binary); keras_secure's randomized and
 non-differentiable layers inside it are attacked through their adaptive path (EOT, BPDA). The
-output says how the model was read.
+output says how the model was read, and gradient-masking checks run on every evaluation (flags
+beside the figures; --surrogate adds the transfer check). --suite standard runs AutoAttack's
+standard suite instead of --attacks.
 
 Required: MODEL.keras, --data FILE.npz, and --eps EPS, the L-inf budget of fgsm, pgd, mifgsm,
-apgd and square (the default --attacks are all L-inf; --attacks cw,deepfool needs no --eps).
+apgd, apgdt, fab and square (the default --attacks are all L-inf; --attacks cw,deepfool needs no
+--eps).
 cw also needs --value-range, and so does integer data (e.g. --value-range 0 255). Square takes
 images only: x of shape (n, height, width, channels)."""
 _EVALUATE_EPILOG = """\
@@ -142,6 +148,8 @@ example:
   keras-secure evaluate model.keras --data test.npz --eps 0.03 --value-range 0 1
   keras-secure evaluate model.keras --data test.npz --eps 0.03 --value-range 0 1 \\
       --attacks fgsm,pgd,apgd,square,cw --l2-eps 0.5 --max-samples 1000 --output report.json
+  keras-secure evaluate model.keras --data test.npz --suite standard --eps 0.3 \
+      --value-range 0 1 --surrogate plain_model.keras --report report.html
 
 The model is loaded after `import keras_secure`, so models with keras_secure's layers load;
 models with other custom layers must be evaluated from Python after importing the code that
@@ -192,6 +200,19 @@ def build_parser() -> argparse.ArgumentParser:
                          f"(default: {','.join(DEFAULT_ATTACKS)}, and "
                          f"{','.join(DEFAULT_IMAGE_ATTACKS)} when x holds images (n, height, "
                          "width, channels))")
+    ev.add_argument("--suite", choices=SUITES, default=None,
+                    help="run the AutoAttack standard suite (APGD-CE, APGD-T, FAB-T, Square-5000; "
+                         "each attack on the examples still correct) at --eps and --norm "
+                         "instead of --attacks; 'rand' (APGD-CE and APGD-DLR with EOT) runs "
+                         "automatically for models with randomized layers. Needs --value-range")
+    ev.add_argument("--norm", choices=("linf", "l2"), default="linf",
+                    help="the norm of --suite's budget --eps (default: %(default)s)")
+    ev.add_argument("--surrogate", default=None, metavar="SURROGATE.keras",
+                    help="a model of the same task trained normally (same architecture and "
+                         "data): the gradient-masking checks transfer its PGD examples to MODEL")
+    ev.add_argument("--no-diagnostics", action="store_true",
+                    help="skip the gradient-masking checks (the report then says its figures "
+                         "carry no check that the attacks worked)")
     ev.add_argument("--l2-eps", type=_budget("l2_eps"), default=None,
                     help="L2 budget of cw/deepfool (default: unbounded minimal-norm attacks, "
                          "which report the norms they needed and belong to no worst case)")
@@ -241,7 +262,7 @@ def _readable_file(path: str, what: str) -> None:
         raise UsageError(f"cannot read {what} {path!r}: {err.strerror or err}") from None
 
 
-def _check_model_path(path: str) -> None:
+def _check_model_path(path: str, what: str = "MODEL") -> None:
     import zipfile
 
     if os.path.splitext(path)[1].lower() != ".keras":
@@ -250,11 +271,11 @@ def _check_model_path(path: str) -> None:
             hint = " (a TensorFlow SavedModel directory cannot be loaded by Keras 3)"
         elif path.lower().endswith((".h5", ".hdf5")):
             hint = " (legacy HDF5: load it in Python and re-save it as .keras)"
-        raise UsageError(f"MODEL must be a .keras file written by Keras 3's "
+        raise UsageError(f"{what} must be a .keras file written by Keras 3's "
                          f"model.save('model.keras'){hint}. Received: {path!r}")
-    _readable_file(path, "MODEL")
+    _readable_file(path, what)
     if not zipfile.is_zipfile(path):
-        raise UsageError(f"MODEL {path!r} is not a .keras archive (model.save writes a zip "
+        raise UsageError(f"{what} {path!r} is not a .keras archive (model.save writes a zip "
                          "file); it may be truncated or another format")
 
 
@@ -284,7 +305,22 @@ def _check_chapters(text: str | None) -> None:
 
 
 def _attack_names(args, x_rank: int | None = None) -> list[str]:
-    """The attacks to run (the default depends on whether ``x`` holds images)."""
+    """The attacks to run (the default depends on whether ``x`` holds images); ``[]`` with
+    ``--suite``."""
+    if args.suite is not None:
+        if args.attacks is not None:
+            raise UsageError("give either --suite or --attacks, not both")
+        if args.eps is None:
+            raise UsageError(f"--suite {args.suite} needs --eps, its budget in the units of x "
+                             f"(in the {args.norm} norm, see --norm)")
+        if args.value_range is None:
+            raise UsageError(f"--suite {args.suite} needs --value-range LOW HIGH, the valid "
+                             "range of x (e.g. --value-range 0 1): an attack that leaves it "
+                             "overstates what an adversary can do")
+        return []
+    if args.norm != "linf":
+        raise UsageError("--norm is the norm of --suite's budget; the L2 attacks of --attacks "
+                         "(cw, deepfool) take --l2-eps")
     if args.attacks is None:
         names = list(DEFAULT_ATTACKS)
         if x_rank == 4:
@@ -493,6 +529,8 @@ def main(argv=None) -> int:
             _attack_names(args)
             data = _check_data(*_load_data(args.data), args)
             _check_model_path(args.model)
+            if args.surrogate is not None:
+                _check_model_path(args.surrogate, "--surrogate")
             _check_output_path(args.output)
             _check_output_path(args.report, "--report", "report.html")
             _check_output_path(args.save_adv, "--save-adv", "adversarial.npz")

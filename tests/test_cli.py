@@ -513,3 +513,33 @@ def test_minimal_norm_attacks_on_a_smoothed_model_are_one_line(tmp_path, capsys)
     err = _usage_error(capsys, ["evaluate", path, "--data", data, "--eps", "0.1",
                                 "--attacks", "deepfool", "--value-range", "0", "1"])
     assert "coin flip" in err
+
+
+def test_evaluate_suite_surrogate_and_diagnostics(cnn, eval_set, tmp_path, capsys):
+    """--suite runs the standard suite (cumulative rows), --surrogate adds the transfer check,
+    and the gradient-masking checks are printed and written to the JSON report."""
+    x, y = eval_set
+    model_path, surrogate = str(tmp_path / "cnn.keras"), str(tmp_path / "surrogate.keras")
+    cnn.save(model_path)
+    cnn.save(surrogate)
+    data = str(tmp_path / "data.npz")
+    np.savez(data, x=x[:12], y=y[:12])
+    out = str(tmp_path / "report.json")
+    code = main(["evaluate", model_path, "--data", data, "--suite", "standard", "--eps", "0.1",
+                 *VR, "--surrogate", surrogate, "--output", out, "--verbose", "0"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "+ APGD-T-Linf (eps=0.1)" in printed and "+ Square-Linf (eps=0.1)" in printed
+    assert "`transfer_beats_white_box` [Linf, eps=0.1]: ok" in printed
+    saved = _read_json(out)
+    assert saved["suite"]["version"] == "standard"
+    assert saved["masking_suspected"] is False
+    assert [r["cumulative"] for r in saved["results"]] == [True] * 4
+    assert "needs --value-range" in _usage_error(
+        capsys, ["evaluate", model_path, "--data", data, "--suite", "standard", "--eps", "0.1"])
+    assert "either --suite or --attacks" in _usage_error(
+        capsys, ["evaluate", model_path, "--data", data, "--suite", "standard", "--eps", "0.1",
+                 "--attacks", "pgd", *VR])
+    assert "--surrogate" in _usage_error(
+        capsys, ["evaluate", model_path, "--data", data, "--eps", "0.1", "--surrogate",
+                 str(tmp_path / "missing.keras")])

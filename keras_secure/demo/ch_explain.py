@@ -21,6 +21,10 @@ from keras_secure.explain import (
     saliency_pair,
 )
 
+
+#: runs in the demo's child process, in parallel with the chapters before it (runner.py)
+IN_CHILD_PROCESS = True
+
 VALUE_RANGE = (0.0, 1.0)
 EPS = 0.1
 

@@ -15,6 +15,10 @@ from keras_secure.demo.common import compiled_cnn
 from keras_secure.evaluation import evaluate_robustness
 from keras_secure.evaluation.curves import robustness_curve
 
+
+#: runs in the demo's child process, in parallel with the chapters before it (runner.py)
+IN_CHILD_PROCESS = True
+
 VALUE_RANGE = (0.0, 1.0)
 EPS = 0.1
 

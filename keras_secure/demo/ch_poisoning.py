@@ -10,6 +10,10 @@ import numpy as np
 from keras_secure import datasets, models
 from keras_secure import poisoning as P
 
+
+#: runs in the demo's child process, in parallel with the chapters before it (runner.py)
+IN_CHILD_PROCESS = True
+
 TARGET = 0
 DETECT_FRACTION = 0.05
 

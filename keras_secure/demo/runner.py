@@ -319,15 +319,22 @@ def run_demo(quick: bool = False, seed: int = 0, output_dir: str = "keras_secure
         prepare = getattr(sys.modules[chapter.__module__], "prepare", None)
         if prepare is not None:
             prepare(ctx)
+    background = [chapter_name(fn) for _, _, fn in todo if _in_child(fn)]
+    helper = _start_child_chapters(ctx, background) if background else None
     try:
         for number, title, chapter in todo:
             ctx.log(f"Chapter {number}: {title}")
             start, first = time.perf_counter(), len(ctx.sections)
             ctx.section(f"## Chapter {number}: {title}")
-            chapter(ctx)
+            seconds = None
+            if _in_child(chapter):
+                seconds = _collect_child_chapter(ctx, helper, chapter_name(chapter))
+            else:
+                chapter(ctx)
             ctx.chapters.append({"number": number, "name": chapter_name(chapter),
                                  "title": title, "first": first, "end": len(ctx.sections),
-                                 "seconds": round(time.perf_counter() - start, 1)})
+                                 "seconds": round(seconds if seconds is not None else
+                                                  time.perf_counter() - start, 1)})
     finally:
         for child in ctx.children:  # started by a chapter's prepare() and not consumed
             if child.poll() is None:
@@ -336,3 +343,100 @@ def run_demo(quick: bool = False, seed: int = 0, output_dir: str = "keras_secure
     ctx.log(f"Report written to {path} and {ctx.html_path}")
     return ctx
 
+
+# -- chapters that run in a child process --------------------------------------------------------
+# A chapter module that sets ``IN_CHILD_PROCESS = True`` runs in one child process started at
+# the beginning of the demo (all such chapters in order, in the same child), on the second
+# core while this process runs the others; at its turn the parent waits for it and copies its
+# printed output, Markdown sections and results into the report. Its pictures are written to
+# the same folder. The demo's time budget (2 minutes quick on 2 cores) needs the parallelism.
+
+def _in_child(chapter) -> bool:
+    return bool(getattr(sys.modules[chapter.__module__], "IN_CHILD_PROCESS", False))
+
+
+def _start_child_chapters(ctx, names: list[str]):
+    import subprocess
+    import tempfile
+
+    # the child's progress lines count from the parent's start, like the parent's
+    started = time.time() - (time.perf_counter() - ctx._start)
+    command = [sys.executable, "-m", "keras_secure.demo.runner", "--output", ctx.output_dir,
+               "--seed", str(ctx.seed), "--chapters", ",".join(names),
+               "--started", repr(started)]
+    stderr = tempfile.TemporaryFile("w+", encoding="utf-8")
+    child = subprocess.Popen(command + (["--quick"] if ctx.quick else []),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
+                             text=True)
+    ctx.children.append(child)
+    return child, stderr
+
+
+def _collect_child_chapter(ctx, helper, name: str) -> float:
+    """Wait for the child's chapter ``name``; copy its output, sections and results. Returns
+    the seconds it took in the child."""
+    child, stderr = helper
+    for line in child.stdout:
+        if line.strip() == f"DONE {name}":
+            break
+    path = os.path.join(ctx.output_dir, f".chapter_{name}.json")
+    if not os.path.exists(path):
+        child.wait()
+        stderr.seek(0)
+        raise RuntimeError(f"The demo's chapter {name!r} (run in a child process) failed:\n"
+                           f"{stderr.read()[-3000:]}")
+    with open(path, encoding="utf-8") as f:
+        done = json.load(f)
+    os.remove(path)
+    if "error" in done:
+        raise RuntimeError(f"The demo's chapter {name!r} (run in a child process) failed:\n"
+                           f"{done['error']}")
+    print(done["output"], end="", file=ctx.stream, flush=True)
+    ctx.sections.extend(done["sections"])
+    ctx.results.update(done["results"])
+    return done["seconds"]
+
+
+def _child_main(argv=None) -> int:
+    """Run chapters for a parent demo: ``python -m keras_secure.demo.runner --output DIR
+    --seed N --chapters a,b [--quick]``."""
+    import argparse
+    import contextlib
+    import io
+    import traceback
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--chapters", required=True)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--started", type=float, default=None)
+    args = parser.parse_args(argv)
+    functions = {chapter_name(fn): fn for _, fn in CHAPTERS}
+    status = 0
+    for name in args.chapters.split(","):
+        buffer = io.StringIO()
+        ctx = DemoContext(args.quick, args.seed, args.output, stream=buffer)
+        if args.started is not None:
+            ctx._start = time.perf_counter() - (time.time() - args.started)
+        start = time.perf_counter()
+        try:
+            with contextlib.redirect_stdout(buffer):
+                functions[name](ctx)
+            done = {"output": buffer.getvalue(), "sections": ctx.sections,
+                    "results": json.loads(json.dumps(ctx.results, default=_json_default)),
+                    "seconds": time.perf_counter() - start}
+        except Exception:  # reported by the parent, with the traceback
+            done = {"error": buffer.getvalue()[-2000:] + traceback.format_exc()}
+            status = 1
+        with open(os.path.join(args.output, f".chapter_{name}.json"), "w",
+                  encoding="utf-8") as f:
+            json.dump(done, f)
+        print(f"DONE {name}", flush=True)
+        if status:
+            break
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main())
