@@ -506,8 +506,18 @@ class Classifier:
         self._pre = head.pre
         self._pre_adaptive = head.adaptive_pre
         self._structural = head.kind is not None
-        self.kind = self._declare(head, from_logits)
         self._output_note = head.description
+        if (head.kind == "binary_probability" and self._columns not in (None, 1)
+                and from_logits is True):
+            # k sigmoid units are not a distribution over classes (a multi-label head), but
+            # they can be declared as k scores (e.g. Q-values squashed into [0, 1]): the
+            # outputs themselves are then the logits, and the argmax is the predicted class.
+            self._pre = None
+            self._output_note = (f"{head.description}; declared as scores (from_logits=True): "
+                                 "the sigmoid outputs are used as the logits")
+            self.kind = "logits"
+            return
+        self.kind = self._declare(head, from_logits)
 
     # -- kinds ----------------------------------------------------------------------------------
     def _static_columns(self):
@@ -539,7 +549,9 @@ class Classifier:
                 raise ValueError(
                     f"`model` ends in a sigmoid with {k} outputs: a multi-label model. The "
                     "classifier contract covers single-label classifiers (softmax or logits "
-                    "over k >= 2 classes, or one sigmoid/logit unit for binary).")
+                    "over k >= 2 classes, or one sigmoid/logit unit for binary). If the "
+                    f"{k} outputs are scores whose largest is the decision (e.g. Q-values in "
+                    "[0, 1]), declare them: ks.Classifier(model, from_logits=True).")
             if head.kind == "logits" and k == 1:
                 return "binary_logit"
             return head.kind
@@ -865,7 +877,8 @@ class Classifier:
             None: "not known yet",
         }
         output = texts[kind]
-        if self._output_note and kind not in ("logits", "binary_logit"):
+        if self._output_note and (kind not in ("logits", "binary_logit")
+                                  or "declared as scores" in self._output_note):
             output += f", {self._output_note}"
         elif self.from_logits is not None:
             output += f" (declared from_logits={self.from_logits})"

@@ -292,7 +292,7 @@ def test_hook_refuses_bad_setups(digits):
         model.fit(x[:8], y[:8], verbose=0, callbacks=[StageCallback(GradientStage()),
                                                       StageCallback(GradientStage())])
     model = fresh_model()
-    with pytest.raises(ValueError, match="need labels"):
+    with pytest.raises(ValueError, match="needs? labels"):
         model.fit(x[:8], verbose=0, callbacks=[AdversarialTraining(train_pgd())])
 
 
@@ -426,3 +426,26 @@ def test_gradient_stage_interface_reproduces_a_plain_step():
     for a, b in zip(*weights):
         np.testing.assert_allclose(a, b, atol=1e-6)
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+
+def test_stage_logs_are_means_over_examples_not_over_batches():
+    """A stage's epoch log weights each batch by its size, as Keras's `loss` log does: with
+    batches of 64 and 36 the log is the fraction over the 100 examples."""
+    from keras_secure.training import Stage, StageCallback
+
+    class CountZeros(Stage):
+        transforms_batch = True
+        log_names = ("label_zero",)
+
+        def transform(self, model, x, y, sample_weight):
+            self.record("label_zero", tf.cast(tf.equal(tf.reshape(y, [-1]), 0), tf.float32))
+            return x, y, sample_weight
+
+    x = np.zeros((100, 3), np.float32)
+    y = np.ones(100, np.int64)
+    y[:64] = 0  # the first batch of 64 all class 0, the second batch of 36 none
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(x, y, batch_size=64, epochs=1, shuffle=False, verbose=0,
+                        callbacks=[StageCallback(CountZeros())])
+    assert history.history["label_zero"][0] == pytest.approx(0.64)

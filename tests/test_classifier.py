@@ -604,3 +604,23 @@ def test_bit_depth_reduction_takes_integer_images_and_bare_dense_heads_are_read(
     head = keras.layers.Dense(1, activation="sigmoid")
     head.build((None, 2))
     assert Classifier(head).kind == "binary_probability"
+
+
+def test_sigmoid_scores_declared_as_logits():
+    """k >= 2 sigmoid units are refused as a multi-label head, but may be declared as scores
+    (a Q-network squashed into [0, 1]): the outputs are then the logits, the largest is the
+    decision, and RL explainers and observation attacks read them so."""
+    from keras_secure.explain import policy_explainer
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(2, activation="sigmoid")])
+    obs = np.random.default_rng(0).normal(size=(30, 4)).astype("float32")
+    with pytest.raises(ValueError, match="from_logits=True"):
+        ks.Classifier(model).predict_labels(obs)
+    clf = ks.Classifier(model, from_logits=True)
+    out = model.predict(obs, verbose=0)
+    np.testing.assert_allclose(clf.logits(obs).numpy(), out, rtol=1e-6)
+    np.testing.assert_array_equal(clf.predict_labels(obs), np.argmax(out, axis=1))
+    assert "declared as scores" in clf.describe()["output"]
+    values = policy_explainer(model, obs[:20], "deep").explain(obs[20:]).values
+    assert values.shape[-1] == 4

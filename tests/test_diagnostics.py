@@ -160,3 +160,72 @@ def test_minimal_norm_attacks_converge_at_their_defaults_on_mnist():
     for row in report.results:
         assert row.success_rate >= 0.99, row
         assert row.flags == ()
+
+
+def linear_digits_model(digits):
+    x_train, y_train, _, _ = digits
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(10)])
+    model.compile(keras.optimizers.Adam(0.01),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x_train, y_train, epochs=10, verbose=0)
+    return model
+
+
+def test_no_false_alarm_at_small_budgets_or_without_a_value_range(digits, test_set):
+    """An exactly evaluated linear model at a small eps keeps robust examples at 10x that
+    eps; the unbounded check uses a budget covering the whole valid range, and without a
+    value range it is not made."""
+    x, y = test_set
+    model = linear_digits_model(digits)
+    report = evaluate_robustness(model, x, y, [A.APGD(0.01, value_range=VALUE_RANGE, seed=0)])
+    flag = next(f for f in report.diagnostics if f["flag"] == "unbounded_attack_fails")
+    assert flag["fired"] is False and flag["evidence"]["eps"] == 1.0
+    free = evaluate_robustness(model, x, y, [A.APGD(0.01, seed=0)])
+    flag = next(f for f in free.diagnostics if f["flag"] == "unbounded_attack_fails")
+    assert flag["fired"] is None and "value_range" in flag["message"]
+
+
+def test_transfer_check_ignores_transfer_attacks_among_the_white_box_ones(cnn, test_set):
+    x, y = test_set
+    squeezed = keras.Sequential([keras.Input((8, 8, 1)),
+                                 ks.layers.BitDepthReduction(2, VALUE_RANGE, gradient="exact"),
+                                 cnn])
+    masked = ks.Classifier(squeezed, adaptive=False)
+    pgd = A.PGD(EPS, steps=20, value_range=VALUE_RANGE, seed=0)
+    report = evaluate_robustness(masked, x, y, [pgd, A.Transfer(cnn, pgd)], surrogate=cnn)
+    assert "transfer_beats_white_box" in fired(report)
+
+
+def test_models_without_input_gradient_are_flagged_not_crashed(cnn, test_set):
+    """tf.stop_gradient in front of the model: gradient attacks refuse it, a gradient-free
+    report runs, and its diagnostics say the gradient vanishes."""
+    import tensorflow as tf
+
+    class StopGradient(keras.layers.Layer):
+        def call(self, inputs):
+            return tf.stop_gradient(inputs)
+
+    x, y = test_set[0][:40], test_set[1][:40]
+    stopped = keras.Sequential([keras.Input((8, 8, 1)), StopGradient(), cnn])
+    report = evaluate_robustness(ks.Classifier(stopped, from_logits=True), x, y,
+                                 [A.Square(EPS, queries=100, value_range=VALUE_RANGE, seed=0)])
+    assert "vanishing_gradients" in fired(report)
+    checked = {f["flag"]: f["fired"] for f in report.diagnostics}
+    assert checked["unbounded_attack_fails"] is None and checked["not_converged"] is None
+
+
+def test_surrogate_and_suite_settings_are_checked_before_any_attack(cnn, test_set):
+    x, y = test_set[0][:10], test_set[1][:10]
+    five = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                             keras.layers.Dense(5)])
+    with pytest.raises(ValueError, match="`surrogate` must have the model's 10 classes"):
+        evaluate_robustness(cnn, x, y, attacks(), surrogate=five)
+    flat = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)])
+    with pytest.raises(ValueError, match="`surrogate` must take the model's inputs"):
+        evaluate_robustness(cnn, x, y, attacks(), surrogate=flat)
+    with pytest.raises(ValueError, match="diagnostics=False"):
+        evaluate_robustness(cnn, x, y, attacks(), surrogate=cnn, diagnostics=False)
+    with pytest.raises(ValueError, match="`norm` is a setting of `suite`"):
+        evaluate_robustness(cnn, x, y, attacks(), norm="l2")

@@ -331,3 +331,19 @@ def test_adaptive_pgd_refuses_non_differentiable_detector(digits_cnn):
         AdaptivePGD(d, 0.1)
     with pytest.raises(TypeError, match="detector"):
         AdaptiveSquare(e, 0.1)
+
+
+def test_internal_layer_of_a_saved_and_loaded_sequential(tmp_path):
+    """A Sequential loaded from disk splits at a layer like the fresh one (its layers' output
+    tensors belong to another call than its outputs)."""
+    from keras_secure.explain import Explainer
+
+    x = np.random.default_rng(0).random((24, 8, 8, 1)).astype("float32")
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(8, activation="relu", name="h"),
+                              keras.layers.Dense(10)])
+    fresh = Explainer(model, x[:20], "deep", layer="h").explain(x[20:])
+    model.save(str(tmp_path / "m.keras"))
+    loaded = keras.saving.load_model(str(tmp_path / "m.keras"))
+    again = Explainer(loaded, x[:20], "deep", layer="h").explain(x[20:])
+    np.testing.assert_allclose(np.asarray(again.values), np.asarray(fresh.values), atol=1e-6)

@@ -95,11 +95,30 @@ def test_backdoor_transform_counts_mask_labels_and_seed(digits):
 
 def test_flip_labels_counts_and_pairs(digits):
     x, y, _, _ = digits
-    _, y_r, mask = P.flip_labels(x, y, 0.3, seed=0)
+    _, y_r, mask = P.flip_labels(x, y, 0.3, num_classes=10, seed=0)
     assert mask.sum() == round(0.3 * len(y))
     assert (y_r[mask] != y[mask]).all() and (y_r[~mask] == y[~mask]).all()
     assert set(np.unique(y_r[mask])) == set(range(10))  # every class can be drawn
-    np.testing.assert_array_equal(P.flip_labels(x, y, 0.3, seed=0)[1], y_r)
+    np.testing.assert_array_equal(P.flip_labels(x, y, 0.3, num_classes=10, seed=0)[1], y_r)
+    # one-hot labels carry the number of classes; class indices do not
+    np.testing.assert_array_equal(P.flip_labels(x, np.eye(10)[y], 0.3, seed=0)[1], y_r)
+    with pytest.raises(ValueError, match="`num_classes` is required with random flips"):
+        P.flip_labels(x, y, 0.3, seed=0)
+
+
+def test_all_to_all_needs_the_models_number_of_classes(digits):
+    """A test set without the last class must not wrap the backdoor labels at the wrong class
+    (8 -> 0 instead of 8 -> 9 for a 10-class model)."""
+    _, _, x, y = digits
+    eights = y == 8
+    trigger = P.PatchTrigger(2)
+    with pytest.raises(ValueError, match="`num_classes` is required with mode='all_to_all'"):
+        P.triggered_test_set(x[eights], y[eights], trigger, mode="all_to_all")
+    with pytest.raises(ValueError, match="`num_classes` is required with mode='all_to_all'"):
+        P.backdoor(x[eights], y[eights], trigger, 0.5, mode="all_to_all", seed=0)
+    _, y_bd = P.triggered_test_set(x[eights], y[eights], trigger, mode="all_to_all",
+                                   num_classes=10)
+    assert set(y_bd.tolist()) == {9}
     _, y_t, mask_t = P.flip_labels(x, y, 0.5, source=7, target=1, seed=0)
     n7 = int((y == 7).sum())
     assert mask_t.sum() == round(0.5 * n7)
@@ -383,3 +402,17 @@ def test_data_and_mask_of_different_lengths(digits):
         result.evaluate(np.zeros(10, bool))
     with pytest.raises(ValueError, match="`x` and `flagged` must have the same length"):
         P.remove_and_retrain(compiled, x, y, np.zeros(5, bool))
+
+
+def test_detectors_and_repairs_name_the_model_they_need():
+    x, y = np.zeros((20, 8, 8, 1), np.float32), np.arange(20) % 10
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(8, activation="relu", name="h"),
+                              keras.layers.Dense(10)])
+    wrapped = ks.Classifier(model, from_logits=True)
+    for call in (lambda: P.spectral_signatures(wrapped, x, y),
+                 lambda: P.activation_clustering(wrapped, x, y),
+                 lambda: P.tracin_self_influence(wrapped, x, y),
+                 lambda: P.prune(wrapped, x, 0.5)):
+        with pytest.raises(TypeError, match=r"`model` must be a keras.Model.*pass its .model"):
+            call()

@@ -195,3 +195,16 @@ def test_transfer_attack_uses_only_the_surrogate(cnn, eval_set):
         A.Transfer(cnn, "pgd")
     with pytest.raises(ValueError, match="untargeted"):
         A.Transfer(cnn, A.PGD(0.1, targeted=True))
+
+
+def test_cumulative_rows_keep_every_example_broken_so_far(cnn, eval_set, tmp_path):
+    """A cumulative row's saved examples and predictions give exactly its accuracy."""
+    x, y = eval_set[0][:20], eval_set[1][:20]
+    report = evaluate_robustness(cnn, x, y, suite="standard", eps=0.15,
+                                 value_range=VALUE_RANGE, diagnostics=False,
+                                 keep_adversarial=True)
+    saved = np.load(report.save_adversarial(str(tmp_path / "adv.npz")))
+    for i, row in enumerate(report.results):
+        correct = (saved["clean_pred"] == y) & (saved[f"pred_{i}"] == y)
+        assert correct.mean() == pytest.approx(row.adversarial_accuracy)
+        assert np.abs(saved[f"x_adv_{i}"] - x).max() <= 0.15 + 1e-6

@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from keras_secure.classifier import as_classifier, labels_from_logits
-from keras_secure.training.hook import Stage, StageCallback, hook_of
+from keras_secure.training.hook import Stage, StageCallback, hook_of, stage_name
 from keras_secure.validation import check_bool, check_choice, check_number
 
 BASELINES = ("mean", "running", "none")
@@ -397,7 +397,7 @@ class PolicyGradientTraining(StageCallback):
         hook = hook_of(self.model)
         stages = [] if hook is None else [s for s in hook.stages if s is not self.stage]
         for stage in stages:
-            name = type(stage).__name__
+            name = stage_name(stage)
             if stage.computes_gradients:
                 problem = (f"{name} is a gradient stage (DPSGD): it computes the update from "
                            "the compiled loss per example, so the policy-gradient objective "
@@ -405,7 +405,7 @@ class PolicyGradientTraining(StageCallback):
             elif isinstance(stage, _PolicyGradientStage):
                 problem = ("another PolicyGradientTraining is attached: each removes the "
                            "compiled loss, so two would subtract it twice")
-            elif name == "_DistillationStage":
+            elif type(stage).__name__ == "_DistillationStage":
                 problem = ("Distillation mixes the compiled loss into its term (alpha * (KL - "
                            "compiled loss)), which would leave -alpha * compiled loss in the "
                            "policy-gradient objective")

@@ -48,6 +48,8 @@ BLACK_BOX_QUERIES = 250
 #: classified examples.
 MINIMAL_NORM_SUCCESS = 0.99
 
+NO_GRADIENT = ("Not checked: the model has no input gradient (a gradient attack cannot run; "
+               "see vanishing_gradients).")
 NOT_EVIDENCE = ("the figures of this threat model are not evidence of robustness: the attacks "
                 "failed in a way a real adversary would not")
 
@@ -116,11 +118,19 @@ class Evidence:
             index = np.sort(self._rng.choice(index, self.max_examples, replace=False))
         return index
 
-    def correct_after(self, attack, index: np.ndarray) -> np.ndarray:
-        """Whether each example of ``index`` stays correctly classified under ``attack``."""
-        parts = [np.asarray(attack(self.clf, self.x[index[i:i + self.batch_size]],
-                                   self.y[index[i:i + self.batch_size]]))
-                 for i in range(0, index.size, self.batch_size)]
+    def correct_after(self, attack, index: np.ndarray, source=None) -> np.ndarray | None:
+        """Whether each example of ``index`` stays correctly classified under ``attack`` (run
+        on ``source``, default the evaluated model); None if the gradient attack cannot run
+        because ``source`` has no input gradient."""
+        try:
+            parts = [np.asarray(attack(source if source is not None else self.clf,
+                                       self.x[index[i:i + self.batch_size]],
+                                       self.y[index[i:i + self.batch_size]]))
+                     for i in range(0, index.size, self.batch_size)]
+        except TypeError as err:
+            if "not differentiable" not in str(err):
+                raise
+            return None
         x_adv = np.concatenate(parts)
         return self.clf.predict_labels(x_adv, self.batch_size) == self.y[index]
 
@@ -268,31 +278,34 @@ def _minimal_norm_flags(ev: Evidence) -> list[Flag]:
 
 
 def _unbounded(ev: Evidence, groups: dict, norm: str) -> Flag:
-    """A PGD whose budget covers the valid range (or is 10x the largest budget) must bring the
-    accuracy near 0%."""
-    largest = max(ev.attacks[i].eps for members in groups.values() for i in members
-                  if ev.attacks[i].norm == norm)
+    """A PGD whose budget covers the whole valid range (any valid input is within it) must
+    bring the accuracy near 0%. Without a value range no budget covers every input, so the
+    check is not made (a large but finite budget can leave honest, exactly robust examples)."""
     value_range = next(ev.attacks[i].value_range for members in groups.values()
                        for i in members)
-    big = 10.0 * largest
-    if value_range is not None:
-        width = value_range[1] - value_range[0]
-        cap = width if norm == "linf" else width * math.sqrt(float(np.prod(ev.x.shape[1:])))
-        big = min(big, cap)
+    label = "Linf" if norm == "linf" else "L2"
+    if value_range is None:
+        return _flag("unbounded_attack_fails", None, label,
+                     "Not checked: without a value_range no budget reaches every input.")
+    width = value_range[1] - value_range[0]
+    big = width if norm == "linf" else width * math.sqrt(float(np.prod(ev.x.shape[1:])))
     eot = max([getattr(ev.attacks[i], "eot_samples", 1) for members in groups.values()
                for i in members] + [1])
     attack = PGD(big, steps=UNBOUNDED_STEPS, norm=norm, value_range=value_range, seed=ev.seed,
                  eot_samples=eot)
-    label = "Linf" if norm == "linf" else "L2"
     index = ev.sample(ev.clean_correct)
     if index.size == 0:
         return _flag("unbounded_attack_fails", None, label,
                      "No correctly classified example to attack.")
-    accuracy = float(ev.correct_after(attack, index).mean())
+    correct = ev.correct_after(attack, index)
+    if correct is None:
+        return _flag("unbounded_attack_fails", None, label, NO_GRADIENT)
+    accuracy = float(correct.mean())
     fired = accuracy > UNBOUNDED_MAX_ACCURACY and int(round(accuracy * index.size)) >= MIN_COUNT
     message = (f"PGD-{UNBOUNDED_STEPS} with a budget of {big:g} ({label}) leaves "
                f"{100 * accuracy:.0f}% of {index.size} correctly classified examples correct. "
-               f"With that budget any input can be reached, so accuracy must approach 0%: "
+               f"That budget covers the whole valid range, so any input can be reached and "
+               f"accuracy must approach 0%: "
                f"{NOT_EVIDENCE}."
                if fired else
                f"PGD-{UNBOUNDED_STEPS} with a budget of {big:g} ({label}) brings accuracy to "
@@ -336,7 +349,8 @@ def _black_box(ev: Evidence, label, members) -> Flag:
         if index.size == 0:
             return _flag(name, False, label, "No example survived the white-box attacks.",
                          white_box=white)
-        count = int((~ev.correct_after(attack, index)).sum())
+        still = ev.correct_after(attack, index)
+        count = int((~still).sum())
         among = int(index.size)
     fired = _enough(count, among)
     message = (f"{black} broke {count} of {among} examples that survived every gradient attack "
@@ -352,19 +366,19 @@ def _transfer(ev: Evidence, label, members, surrogate) -> Flag:
         return _flag(name, None, label,
                      "Not checked: no surrogate model. Pass surrogate= (the same architecture "
                      "trained normally on the same data) to compare transfer with white-box.")
-    survivors = ev.clean_correct.copy()
-    for i in members:
-        survivors &= ev.ran[i] & ~ev.broke[i]
+    survivors, gradient, _ = _white_box_survivors(ev, members)
+    if not gradient:
+        return _flag(name, None, label, "No white-box (gradient) attack in this threat model "
+                                        "to compare.")
     first = ev.attacks[members[0]]
     index = ev.sample(survivors)
     attack = PGD(first.eps, steps=20, norm=first.norm, value_range=first.value_range,
                  seed=ev.seed)
     if index.size == 0:
         return _flag(name, False, label, "No example survived the white-box attacks.")
-    parts = [np.asarray(attack(surrogate, ev.x[index[i:i + ev.batch_size]],
-                               ev.y[index[i:i + ev.batch_size]]))
-             for i in range(0, index.size, ev.batch_size)]
-    still = ev.clf.predict_labels(np.concatenate(parts), ev.batch_size) == ev.y[index]
+    still = ev.correct_after(attack, index, source=surrogate)
+    if still is None:
+        return _flag(name, None, label, "Not checked: the surrogate has no input gradient.")
     count, among = int((~still).sum()), int(index.size)
     fired = _enough(count, among)
     message = (f"PGD-20 examples made on the surrogate model broke {count} of {among} examples "
@@ -400,7 +414,10 @@ def _not_converged(ev: Evidence, label, members) -> Flag:
     index = ev.sample(survivors)
     if index.size == 0:
         return _flag(name, False, label, "No example survived the attacks.", stronger=how)
-    count = int((~ev.correct_after(stronger, index)).sum())
+    still = ev.correct_after(stronger, index)
+    if still is None:
+        return _flag(name, None, label, NO_GRADIENT, stronger=how)
+    count = int((~still).sum())
     among = int(index.size)
     fired = _enough(count, among)
     message = (f"{how} broke {count} of {among} examples that survived every attack: the "

@@ -49,7 +49,9 @@ class AttackResult:
         seconds: wall-clock time of the attack over all examples.
         cumulative: True for the rows of a suite run under AutoAttack's protocol: the attack
             ran only on the examples the earlier ones left correct, and the row gives the
-            accuracy after it and all earlier attacks.
+            accuracy after it and all earlier attacks; its perturbation statistics (and its
+            kept examples) cover every example broken so far, each by the attack that broke
+            it.
         flags: names of the fired gradient-masking flags that concern this row (see
             :attr:`RobustnessReport.diagnostics`); a row with flags is not evidence of
             robustness.
@@ -576,12 +578,14 @@ def evaluate_robustness(
                                        integer=True)
     seed = check_number("seed", seed, integer=True, allow_none=True)
     if suite is None:
-        unused = [name for name, value in (("eps", eps), ("value_range", value_range))
+        unused = [(name, value) for name, value in (("eps", eps), ("value_range", value_range))
                   if value is not None and value is not _UNSET]
+        if norm != "linf":
+            unused.append(("norm", norm))
         if unused:
-            raise ValueError(f"`{unused[0]}` is a setting of `suite`; without a suite give it "
-                             "to each attack. Received: suite=None, "
-                             f"{unused[0]}={eps if unused[0] == 'eps' else value_range!r}")
+            name, value = unused[0]
+            raise ValueError(f"`{name}` is a setting of `suite`; without a suite give it to "
+                             f"each attack. Received: suite=None, {name}={value!r}")
         attacks = check_attacks(attacks)
     else:
         check_choice("suite", suite, SUITES)
@@ -601,6 +605,19 @@ def evaluate_robustness(
                          "tf.data.Dataset of (x, y) as `x`). Received: y=None")
     clf = as_classifier(model)
     x, y = clf.check(x, y)
+    if surrogate is not None:
+        if not diagnostics:
+            raise ValueError("`surrogate` is used by the diagnostics' transfer check, which "
+                             "diagnostics=False switches off. Received: a surrogate with "
+                             "diagnostics=False")
+        other = as_classifier(surrogate)
+        if other.num_classes != clf.num_classes:
+            raise ValueError(f"`surrogate` must have the model's {clf.num_classes} classes. "
+                             f"Received: a surrogate with {other.num_classes} classes")
+        try:
+            other.check(x[:1])
+        except ValueError as err:
+            raise ValueError(f"`surrogate` must take the model's inputs: {err}") from None
     suite_info = None
     if suite is not None:
         version = "rand" if clf.randomized else suite
@@ -611,6 +628,11 @@ def evaluate_robustness(
                       "protocol": "AutoAttack: each attack runs on the examples every earlier "
                                   "attack left correctly classified; rows are cumulative",
                       "notes": notes}
+        if suite == "rand" and not clf.randomized:
+            suite_info["notes"] = [
+                "The 'rand' version (EOT over 20 draws) ran on a model without randomized "
+                "layers: its EOT averages identical gradients; 'standard' is the suite for "
+                "deterministic models.", *notes]
         if version != suite:
             layers = sorted({type(layer).__name__ for layer, _ in clf.adaptive_layers})
             suite_info["notes"] = [
@@ -644,6 +666,8 @@ def evaluate_robustness(
         labels = [label if i == 0 else f"+ {label}" for i, label in enumerate(labels)]
     results, survived, ran, broke = [], [], [], []
     active = clean_correct.copy()  # cascade: still correct after every attack so far
+    # cascade: per example, the adversarial input of the attack that broke it (else x)
+    combined, combined_pred = x.astype(np.float32, copy=True), clean_pred.copy()
     out = sys.stdout if verbose == 1 else sys.stderr
     for index, (attack, label) in enumerate(zip(attacks, labels), start=1):
         todo = np.flatnonzero(active) if cascade else np.arange(n)
@@ -671,15 +695,21 @@ def evaluate_robustness(
         if cascade:
             active &= ~fooled
             robust_now = active.copy()
+            combined[fooled], combined_pred[fooled] = x_adv[fooled], adv_pred[fooled]
+            # the row is cumulative: its examples, predictions and norms are those of every
+            # attack so far (each example's from the attack that broke it)
+            x_adv, adv_pred = combined.copy(), combined_pred.copy()
+            shown = clean_correct & ~robust_now
         else:
             robust_now = adv_correct
+            shown = fooled
         ran.append(ran_mask)
         broke.append(fooled)
         survived.append(robust_now)
         if keep_adversarial:
             kept[label], predictions[label] = x_adv, adv_pred
         mean_norm, median_norm, p90_norm = _stats(
-            _norms(x_adv[fooled] - x[fooled].astype(np.float32), attack.norm))
+            _norms(x_adv[shown] - x[shown].astype(np.float32), attack.norm))
         accuracy = float(robust_now.mean())
         results.append(AttackResult(
             attack=label, norm=attack.norm, eps=attack.eps,

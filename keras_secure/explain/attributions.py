@@ -150,8 +150,24 @@ def _split(model, layer):
     if isinstance(output, (list, tuple, dict)):
         raise ValueError(f"`layer` {layer.name!r} has several outputs; choose a layer with one.")
     try:
-        features = keras.Model(model.inputs, output, name=f"{model.name}_to_{layer.name}")
-        head = keras.Model(output, model.outputs[0], name=f"{model.name}_from_{layer.name}")
+        if isinstance(model, keras.Sequential):
+            # A Sequential is a chain: rebuild both halves from its layers (shared weights).
+            # Its layers' own output tensors may belong to another call than the one that
+            # gives model.outputs (e.g. after keras.saving.load_model), so they cannot be cut.
+            index = model.layers.index(layer)
+            inputs = keras.Input(tuple(model.inputs[0].shape[1:]))
+            hidden = inputs
+            for part in model.layers[:index + 1]:
+                hidden = part(hidden)
+            features = keras.Model(inputs, hidden, name=f"{model.name}_to_{layer.name}")
+            head_inputs = keras.Input(tuple(hidden.shape[1:]))
+            out = head_inputs
+            for part in model.layers[index + 1:]:
+                out = part(out)
+            head = keras.Model(head_inputs, out, name=f"{model.name}_from_{layer.name}")
+        else:
+            features = keras.Model(model.inputs, output, name=f"{model.name}_to_{layer.name}")
+            head = keras.Model(output, model.outputs[0], name=f"{model.name}_from_{layer.name}")
     except (ValueError, TypeError) as err:
         raise ValueError(f"The model cannot be split at `layer` {layer.name!r}: its output must "
                          f"depend on the inputs only through that layer ({err}).") from None

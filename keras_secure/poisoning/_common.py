@@ -44,24 +44,34 @@ def check_seed(seed) -> int | None:
     return check_number("seed", seed, low=0, integer=True, allow_none=True)
 
 
-def infer_num_classes(y, num_classes) -> int:
+def infer_num_classes(y, num_classes, required_for: str | None = None) -> int:
     """``num_classes`` validated, or read from the labels when None: the width of one-hot rows,
-    else the largest label + 1 (at least 2)."""
+    else the largest label + 1 (at least 2). With ``required_for`` (what needs the true count,
+    e.g. ``"mode='all_to_all'"``), class-index labels without ``num_classes`` are an error:
+    the largest label present need not be the last class, and the poisoned labels would wrap
+    at the wrong class without a word."""
     if num_classes is not None:
         return check_number("num_classes", num_classes, low=2, integer=True)
     arr = y.numpy() if tf.is_tensor(y) else np.asarray(y)
     if arr.ndim == 2 and arr.shape[1] > 1:
         return int(arr.shape[1])
+    if required_for is not None:
+        raise ValueError(
+            f"`num_classes` is required with {required_for} when `y` holds class indices: the "
+            "largest label present need not be the model's last class (a test set without the "
+            "last class would wrap labels at the wrong class). Pass num_classes=..., e.g. "
+            "ks.Classifier(model).num_classes. Received: num_classes=None")
     if arr.size == 0 or not np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_:
         return 2  # check_labels reports what is wrong with the labels
     finite = arr[np.isfinite(arr)] if np.issubdtype(arr.dtype, np.floating) else arr
     return max(2, int(np.max(finite)) + 1) if finite.size else 2
 
 
-def check_data(x, y, num_classes=None, x_name: str = "x", y_name: str = "y"):
+def check_data(x, y, num_classes=None, x_name: str = "x", y_name: str = "y",
+               required_for: str | None = None):
     """``(x, labels, num_classes)``: finite inputs ``(n, ...)`` and int32 labels ``(n,)``."""
     arr = check_inputs(x, x_name)
-    k = infer_num_classes(y, num_classes)
+    k = infer_num_classes(y, num_classes, required_for)
     labels = check_labels(y, k, arr.shape[0], y_name, x_name)
     return arr, labels, k
 
@@ -126,15 +136,26 @@ def relabel_like(y, new_labels):
 # --------------------------------------------------------------------------------------------
 # Hidden layers
 # --------------------------------------------------------------------------------------------
+def require_model(model) -> None:
+    """``TypeError`` unless ``model`` is a ``keras.Model``: the detectors and repairs read its
+    layers (a :class:`keras_secure.Classifier` wraps one: pass ``classifier.model``)."""
+    if isinstance(model, keras.Model):
+        return
+    hint = (" (a keras_secure.Classifier: pass its .model, whose output kind keras_secure "
+            "must be able to read from its structure)" if hasattr(model, "model") and
+            isinstance(getattr(model, "model"), keras.Model) else "")
+    raise TypeError(f"`model` must be a keras.Model: this function reads its layers. Received: "
+                    f"model of type {type(model).__name__}{hint}")
+
+
 def _layer_names(model) -> list[str]:
-    return [layer.name for layer in getattr(model, "layers", [])]
+    require_model(model)
+    return [layer.name for layer in model.layers]
 
 
 def get_layer(model, layer: str, name: str = "layer"):
     """The layer called ``layer`` of ``model`` (``ValueError`` listing the names if none)."""
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"Reading hidden layers needs a keras.Model. Received: model of type "
-                        f"{type(model).__name__}")
+    require_model(model)
     if not isinstance(layer, str):
         raise TypeError(f"`{name}` must be a layer name (str). Received: {name}={layer!r}")
     names = _layer_names(model)
@@ -147,7 +168,8 @@ def get_layer(model, layer: str, name: str = "layer"):
 def penultimate_layer(model) -> str:
     """Name of the layer whose output feeds the model's last layer (the default feature
     layer of the detectors)."""
-    layers = list(getattr(model, "layers", []))
+    require_model(model)
+    layers = list(model.layers)
     index = len(layers) - 1
     while index >= 0 and isinstance(layers[index], (keras.layers.Activation,
                                                     keras.layers.Softmax)):

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from keras_secure.classifier import as_classifier
 from keras_secure.poisoning._common import (check_fraction, check_mask, count_for,
-                                            hidden_activations)
+                                            hidden_activations, require_model)
 from keras_secure.validation import check_choice, check_number
 
 
@@ -334,7 +334,8 @@ class TracInCheckpoints(keras.callbacks.Callback):
 def _output_layer(model):
     """The model's last Dense layer and the activation after it (its own, or a final
     Activation / Softmax layer)."""
-    layers = list(getattr(model, "layers", []))
+    require_model(model)
+    layers = list(model.layers)
     after = None
     if layers and isinstance(layers[-1], (keras.layers.Activation, keras.layers.Softmax)):
         after = layers.pop()

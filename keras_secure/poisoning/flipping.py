@@ -26,7 +26,9 @@ def flip_labels(x, y, fraction: float, *, source: int | None = None, target: int
             in [0, 1].
         source: the class whose labels are flipped (targeted mode). Defaults to None.
         target: the class they are flipped to (targeted mode), != ``source``. Defaults to None.
-        num_classes: number of classes; None reads it from ``y`` (one-hot width, else the
+        num_classes: number of classes; None reads it from one-hot ``y`` (random flips refuse
+            None with class-index labels: the largest label present need not be the last
+            class); targeted flips read it from ``y`` (one-hot width, else the
             largest label + 1). Defaults to None.
         seed: seed of the NumPy generator that draws the flips (same seed, same flips).
             Defaults to None.
@@ -50,7 +52,8 @@ def flip_labels(x, y, fraction: float, *, source: int | None = None, target: int
     """
     fraction = check_fraction(fraction)
     seed = check_seed(seed)
-    x, labels, k = check_data(x, y, num_classes)
+    x, labels, k = check_data(x, y, num_classes, required_for=(
+        "random flips (no source/target)" if source is None and target is None else None))
     source, target = check_pair(source, target, k)
     rng = np.random.default_rng(seed)
     poisoned = labels.copy()

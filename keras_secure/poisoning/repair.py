@@ -11,7 +11,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_secure.classifier import as_classifier, check_inputs
-from keras_secure.poisoning._common import check_fraction, check_mask, feature_model, get_layer
+from keras_secure.poisoning._common import (check_fraction, check_mask, feature_model, get_layer,
+                                            require_model)
 from keras_secure.validation import check_number
 
 _CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
@@ -19,7 +20,8 @@ _CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 
 def last_conv_layer(model) -> str:
     """Name of the model's last convolutional layer (``ValueError`` if it has none)."""
-    convs = [layer.name for layer in getattr(model, "layers", []) if isinstance(layer, _CONV)]
+    require_model(model)
+    convs = [layer.name for layer in model.layers if isinstance(layer, _CONV)]
     if not convs:
         raise ValueError("Fine-pruning needs a convolutional layer; the model has none among its"
                          f" layers {[layer.name for layer in getattr(model, 'layers', [])]}.")

@@ -332,7 +332,9 @@ def backdoor(x, y, trigger: Trigger, fraction: float, *, target: int = 0,
         fraction: fraction of the training set to poison, in [0, 1].
         target: the attacker's class (``"all_to_one"``). Defaults to 0.
         mode: ``"all_to_one"`` or ``"all_to_all"``. Defaults to ``"all_to_one"``.
-        num_classes: number of classes; None reads it from ``y``. Defaults to None.
+        num_classes: number of classes; None reads it from ``y`` (one-hot width, else the
+            largest label + 1), which ``mode="all_to_all"`` refuses for class-index labels.
+            Defaults to None.
         seed: seed of the NumPy generator that picks the examples. Defaults to None.
 
     Returns:
@@ -353,7 +355,8 @@ def backdoor(x, y, trigger: Trigger, fraction: float, *, target: int = 0,
     fraction = check_fraction(fraction)
     check_choice("mode", mode, MODES)
     seed = check_seed(seed)
-    x, labels, k = check_data(x, y, num_classes)
+    x, labels, k = check_data(x, y, num_classes, required_for=(
+        "mode='all_to_all'" if mode == "all_to_all" else None))
     target = check_class(target, k, "target")
     trigger.check(_image_shape(x))
     chosen = choose(np.flatnonzero(eligible(labels, mode, target)), fraction, x.shape[0], seed,
@@ -373,6 +376,18 @@ def triggered_test_set(x, y, trigger: Trigger, *, target: int = 0, mode: str = "
     """The inputs an attack-success rate is measured on: every eligible test image (all-to-one:
     not of class ``target``) with the trigger, and the label the backdoor wants for it.
 
+    Args:
+        x, y: test images ``(n, h, w, c)`` and their labels (class indices or one-hot).
+        trigger: the :class:`Trigger` of the attack.
+        target: the all-to-one target class. Defaults to 0.
+        mode: ``"all_to_one"`` or ``"all_to_all"`` (label ``(y + 1) mod num_classes``).
+        num_classes: the model's number of classes; required with ``"all_to_all"`` for
+            class-index labels (a test set may lack the last class). Defaults to None.
+
+    Raises:
+        ValueError: a bad trigger, ``mode`` or ``target``; ``num_classes`` missing where
+            required; bad ``x``/``y``.
+
     Returns:
         ``(x_triggered, y_backdoor)``.
 
@@ -381,7 +396,8 @@ def triggered_test_set(x, y, trigger: Trigger, *, target: int = 0, mode: str = "
     """
     trigger = check_trigger(trigger)
     check_choice("mode", mode, MODES)
-    x, labels, k = check_data(x, y, num_classes)
+    x, labels, k = check_data(x, y, num_classes, required_for=(
+        "mode='all_to_all'" if mode == "all_to_all" else None))
     target = check_class(target, k, "target")
     keep = eligible(labels, mode, target)
     if not keep.any():

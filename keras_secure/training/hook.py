@@ -65,7 +65,8 @@ class Stage:
         self._hook = None
 
     def record(self, name: str, value) -> None:
-        """Add ``value`` (a scalar tensor) to the running mean logged as ``name``."""
+        """Add ``value`` (a scalar tensor: a mean over the batch) to the running mean logged as
+        ``name``, weighted by the batch's number of examples."""
         self._hook.record(name, value)
 
     def check_model(self, model) -> None:
@@ -116,8 +117,8 @@ class TrainingHook:
             if others:
                 raise ValueError(
                     "At most one gradient stage can change a training step; "
-                    f"{type(others[0]).__name__} is attached already and "
-                    f"{type(stage).__name__} is another. Received: two gradient stages")
+                    f"{stage_name(others[0])} is attached already and "
+                    f"{stage_name(stage)} is another. Received: two gradient stages")
         stage.check_model(self.model)
         stage._hook = self
         self.stages.append(stage)
@@ -178,7 +179,13 @@ class TrainingHook:
 
     # -- logs -------------------------------------------------------------------------------
     def record(self, name, value):
-        self._trackers[name].update_state(tf.reduce_mean(tf.cast(value, tf.float32)))
+        # Weighted by the batch's number of examples, as Keras weights its own `loss` log: an
+        # epoch's log is then the mean over examples, also when the last batch is smaller.
+        # (a stage's transform called outside a training step, as in tests, weighs 1)
+        count = self.step_context.get("batch_size", tf.constant(1.0))
+        mean = tf.reduce_mean(tf.cast(value, tf.float32))
+        # an empty (Poisson) batch adds nothing; its mean would be NaN, and NaN * 0 is NaN
+        self._trackers[name].update_state(tf.where(count > 0, mean, 0.0), sample_weight=count)
 
     def reset_logs(self):
         for tracker in self._trackers.values():
@@ -190,10 +197,12 @@ class TrainingHook:
 
     def _train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        self.step_context = {}
+        self.step_context = {
+            "batch_size": tf.cast(tf.shape(tf.nest.flatten(x)[0])[0], tf.float32)}
         if y is None and any(s.needs_labels for s in self.stages):
-            needing = [type(s).__name__ for s in self.stages if s.needs_labels]
-            raise ValueError(f"{', '.join(needing)} need labels, but the training data has "
+            needing = [stage_name(s) for s in self.stages if s.needs_labels]
+            verb = "needs" if len(needing) == 1 else "need"
+            raise ValueError(f"{', '.join(needing)} {verb} labels, but the training data has "
                              "none (fit was given x without y).")
         for stage in self._stages("transforms_batch"):
             x, y, sample_weight = stage.transform(self.model, x, y, sample_weight)
@@ -255,6 +264,12 @@ class TrainingHook:
         return values
 
 
+def stage_name(stage: Stage) -> str:
+    """The name users know a stage by: its callback's class name (``DPSGD``,
+    ``BackdoorInjection``), else its own class name."""
+    return getattr(stage, "callback_name", None) or type(stage).__name__.lstrip("_")
+
+
 def _regularization(model) -> tf.Tensor:
     """The sum of the model's own losses (regularizers, ``add_loss``), as Keras adds them."""
     losses = model.losses
@@ -292,7 +307,7 @@ def attach(model, stage: Stage) -> TrainingHook:
         raise ValueError("keras_secure training stages need the TensorFlow backend.")
     if not getattr(model, "compiled", False) or getattr(model, "optimizer", None) is None:
         raise ValueError(
-            f"{type(stage).__name__} needs a compiled model: call model.compile(optimizer, "
+            f"{stage_name(stage)} needs a compiled model: call model.compile(optimizer, "
             "loss, ...) before fit. Received: an uncompiled model")
     hook = model.__dict__.get(_ATTR)
     if hook is None:
@@ -327,6 +342,7 @@ class StageCallback(keras.callbacks.Callback):
     def __init__(self, stage: Stage):
         super().__init__()
         self.stage = stage
+        stage.callback_name = type(self).__name__  # the name error messages use
 
     def set_model(self, model):
         super().set_model(model)
