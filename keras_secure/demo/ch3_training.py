@@ -17,7 +17,7 @@ def run(ctx) -> None:
     data = demo_data(ctx)
     x_train, y_train, x_test, y_test = data.x_train, data.y_train, data.x_test, data.y_test
     eps, l2_eps = data.linf_eps, data.l2_eps
-    x_eval, y_eval = (x_test[:100], y_test[:100]) if ctx.quick else (x_test[:200], y_test[:200])
+    x_eval, y_eval = (x_test[:100], y_test[:100]) if ctx.quick else (x_test[:100], y_test[:100])
     epochs = 4 if ctx.quick else 8
     # At MNIST's eps 0.3 training starts on a linear eps ramp (Gowal et al. 2018 use one too):
     # from the full budget at the first step, the small CNN stays at chance.
@@ -50,7 +50,7 @@ def run(ctx) -> None:
                                         y_train, temperature=50.0, epochs=epochs, seed=ctx.seed)
     trained["Defensive distillation (T = 50)"] = student
 
-    steps = 10 if ctx.quick else 40
+    steps = 10 if ctx.quick else 20
     evaluation = [
         A.FGSM(eps, value_range=VALUE_RANGE),
         A.PGD(eps, steps=steps, value_range=VALUE_RANGE, seed=ctx.seed),
