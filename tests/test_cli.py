@@ -465,9 +465,12 @@ def test_quick_demo_writes_a_report(tmp_path, capsys):
     rows = results["chapter1"]["results"]
     pgd = next(r for r in rows if r["attack"].startswith("PGD"))
     assert pgd["adversarial_accuracy"] < pgd["clean_accuracy"] - 0.2
-    training = {r["training"]: r for r in results["chapter3_training"]}
-    assert (training["Adversarial training (PGD-7, Madry)"]["pgd_ce"]
-            > training["Standard training"]["pgd_ce"] + 0.2)
+    training = {r["training"].split(" (")[0]: r for r in results["chapter3_training"]}
+    # quick mode: 4 epochs of PGD-5 training, 100 test digits (one standard error of a
+    # difference of two accuracies near 0.6-0.8 is about 0.065): measured +0.19
+    assert (training["Adversarial training"]["pgd_ce"]
+            > training["Standard training"]["pgd_ce"] + 0.1)
+    assert "vanishing_gradients" in training["Defensive distillation"]["flags"]
     assert set(results["chapter2_certified"]) >= {"0.12", "0.25", "0.5"}
     privacy = results["chapter4_privacy"]
     assert [r["model"] for r in privacy] == ["Non-private (SGD)", "DP-SGD (target eps = 8)",
@@ -489,11 +492,17 @@ def test_quick_demo_writes_a_report(tmp_path, capsys):
 
     html = (out / "report.html").read_text()
     page = static_check(html)
-    assert {f"chapter-{n}" for n in range(1, 6)} <= page["ids"]
+    assert {f"chapter-{n}" for n in range(1, 9)} <= page["ids"]
     assert "Per-class clean and robust accuracy" in report and "Class" in page["text"]
     assert (out / "ch1_adversarial_examples.png").stat().st_size > 1000
     assert len(page["images"]) == report.count("![")  # every picture of report.md, embedded
-    assert [c["number"] for c in results["run"]["chapters"]] == [1, 2, 3, 4, 5]
+    assert [c["number"] for c in results["run"]["chapters"]] == list(range(1, 9))
+    # chapters 4 and 6-8 ran in the child process: their tables and results came back
+    assert [r["model"] for r in results["chapter_masking"]] == ["SL", "RL", "SL-adv", "RL-adv"]
+    assert all(isinstance(r["flags"], list) for r in results["chapter_masking"])
+    assert results["chapter_poisoning"] and results["chapter_explain_table5"]
+    for title in ("Seed 002", "Data poisoning", "Explainability"):
+        assert title in report
     from _browser import BROWSER, check_in_browser
 
     if BROWSER is not None:

@@ -17,6 +17,9 @@ from keras_secure.privacy import (
     poisson_batches,
 )
 
+#: runs in the demo's child process, in parallel with the chapters before it (runner.py)
+IN_CHILD_PROCESS = True
+
 DELTA = 1e-5
 BATCH = 64
 CLIP = 1.0
