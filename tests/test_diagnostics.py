@@ -108,6 +108,10 @@ def test_minimal_norm_attacks_that_fail_are_attack_failures(cnn, test_set):
     assert by_attack == {"C&W-L2": True, "DeepFool-L2": False}
     assert report["C&W-L2"].flags == ("unbounded_attack_fails",)
     assert report["DeepFool-L2"].flags == ()
+    # a second, identical attack's row (labelled "#2") gets its own flag
+    twice = evaluate_robustness(cnn, x, y, [weak, A.CarliniWagnerL2(
+        value_range=VALUE_RANGE, steps=2, binary_search_steps=1)], diagnostic_examples=10)
+    assert twice["C&W-L2 #2"].flags == ("unbounded_attack_fails",)
 
 
 def test_randomized_models_need_eot(cnn, test_set):

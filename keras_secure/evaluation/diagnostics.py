@@ -104,10 +104,12 @@ class Evidence:
     attack, which examples it ran on and which it broke."""
 
     def __init__(self, clf, x, y, clean_correct, attacks, ran, broke, batch_size, seed,
-                 max_examples):
+                 max_examples, labels=None):
         self.clf, self.x, self.y = clf, x, y
         self.clean_correct = clean_correct
         self.attacks, self.ran, self.broke = attacks, ran, broke
+        #: the report's row label of each attack (unique: "C&W-L2 #2" for a second C&W)
+        self.labels = list(labels) if labels is not None else [a.label for a in attacks]
         self.batch_size, self.seed, self.max_examples = batch_size, seed, max_examples
         self._rng = np.random.default_rng(0 if seed is None else seed)
 
@@ -258,7 +260,7 @@ def _gradient_flags(ev: Evidence, groups: dict) -> list[Flag]:
 
 def _minimal_norm_flags(ev: Evidence) -> list[Flag]:
     flags = []
-    for attack, broke in zip(ev.attacks, ev.broke):
+    for attack, broke, row in zip(ev.attacks, ev.broke, ev.labels):
         if attack.eps is not None:
             continue
         correct = int(ev.clean_correct.sum())
@@ -273,7 +275,7 @@ def _minimal_norm_flags(ev: Evidence) -> list[Flag]:
             "correctly classified inputs.")
         flags.append(_flag("unbounded_attack_fails", fired,
                            f"{'Linf' if attack.norm == 'linf' else 'L2'}, unbounded", message,
-                           attack=attack.label, success_rate=float(rate), examples=correct))
+                           attack=row, success_rate=float(rate), examples=correct))
     return flags
 
 

@@ -734,7 +734,7 @@ def evaluate_robustness(
                   end="\n" if verbose == 1 else " ...")
         start = time.perf_counter()
         evidence = diag.Evidence(clf, x, y, clean_correct, attacks, ran, broke, batch_size,
-                                 seed, diagnostic_examples)
+                                 seed, diagnostic_examples, labels=labels)
         flags = diag.diagnose(evidence, groups, surrogate=surrogate)
         if verbose == 2:
             fired = sum(bool(f.fired) for f in flags)
