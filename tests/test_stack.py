@@ -11,6 +11,9 @@ STACK_SCRIPT = textwrap.dedent("""
     sys.skip_tf_privacy_import = True   # tensorflow_privacy's top-level import fails on TF>=2.16
     import numpy as np
     import tensorflow as tf
+    # Flower (flwr[simulation]) moves protobuf to 6.x; TF, tf-agents and TF Privacy must still run
+    import flwr, google.protobuf
+    assert int(google.protobuf.__version__.split(".")[0]) >= 6, google.protobuf.__version__
     from tensorflow_privacy.privacy.analysis import compute_dp_sgd_privacy_lib as lib
     statement = lib.compute_dp_sgd_privacy_statement(
         number_of_examples=60000, batch_size=256, num_epochs=60, noise_multiplier=1.1,
