@@ -34,7 +34,8 @@ Example:
     ...     nodes = [dep.start_supernode(link.address, partition_id=i, num_partitions=2,
     ...                                  root_certificates=certs.ca,
     ...                                  auth_private_key=keys[i][0]) for i in range(2)]
-    ...     run = dep.run_app(app, link.address, root_certificates=certs.ca)
+    ...     run = dep.run_app(app, link.address, root_certificates=certs.ca,
+    ...                       history_file="auto")
     ...     for node in nodes:
     ...         node.stop()
     >>> print(run.history.table())
@@ -268,6 +269,7 @@ class FlowerProcess:
 
     @property
     def pid(self) -> int:
+        """Process id of the Flower command (the leader of its process group)."""
         return self.popen.pid
 
     def running(self) -> bool:
@@ -687,7 +689,14 @@ def run_app(app_dir, superlink: str, *, root_certificates=None, insecure: bool =
     if config:
         args += ["--run-config", _toml_pairs(config)]
     start = time.perf_counter()
-    done = _flwr(args, home, timeout)
+    try:
+        done = _flwr(args, home, timeout)
+    except subprocess.TimeoutExpired as err:
+        so_far = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) \
+            else (err.stdout or "")
+        raise RuntimeError(f"`flwr run` did not end within timeout={timeout} s; the run may "
+                           "still be going on the SuperLink (`flwr stop <run id>`). Output so "
+                           f"far:\n{so_far}") from None
     seconds = time.perf_counter() - start
     output = done.stdout + done.stderr
     match = re.search(r"started run (\d+)", output)
