@@ -1,16 +1,22 @@
-"""Robust policy training recipes over several training seeds: does the recipe raise the
-reward under a PGD state attack beyond DQN's seed-to-seed variance?
+"""Robust PPO recipes over several training seeds, with 95% confidence intervals: the seed's
+Tables 3 and 4 on TF-Agents PPO (CartPole-v1), the learned adversary, and the goal comparison.
 
-For each seed, trains TF-Agents DQN on CartPole-v1 (demo chapter 5's agent and budget) plainly,
-with the SA-DQN regularizer (``SADqnAgent``) and with adversarial collection against the live
-network (``adversarial_collection_env``, p = 0.5, PGD-3), then evaluates each greedy policy
-clean and under PGD-5 (L-inf 0.1) on its own Q-network. Prints per-seed rewards and the mean
-and standard deviation over seeds, and each recipe's mean PGD reward as a ratio to the plain
-agents' in the same run.
+Each seed trains demo chapter 5's seven PPO recipes (plain PPO; PPO on reward sign flips, and
+behind RewardGuard / DynamicRewardShaping; SA-PPO; adversarial collection; ATLA) at the
+chapter's full budget and evaluates the greedy policies clean and under random noise, PGD on the
+actor and a learned adversary (PA-AD director) trained against each agent
+(``keras_secure.demo.ch5_rl.run_seed``). Reported per recipe: mean and 95% Student-t interval
+over seeds of the clean reward, the reward under each attack, the worst over attacks and the
+restoration; then the goal: a recipe whose worst-case interval lies above vanilla PPO's while
+keeping >= 90% of its clean reward. Before training, the rollout throughput of one environment
+against 8 stepped together (in this process, and in worker processes) is measured in the same
+run.
 
-TF-Agents agents need tf-keras: this script sets ``TF_USE_LEGACY_KERAS=1`` first thing.
+Per-seed results are appended to ``--out`` (JSON) as they finish, so a long run can be read
+(or resumed with ``--resume``) before it ends. TF-Agents agents need ``TF_USE_LEGACY_KERAS=1``
+before TensorFlow is imported: this script sets it first thing.
 
-Run: ``.venv/bin/python benchmarks/rl_training.py [--seeds 3] [--steps 9000]``.
+Run: ``.venv/bin/python benchmarks/rl_training.py [--seeds 5] [--out rl_training.json]``.
 """
 
 from __future__ import annotations
@@ -21,74 +27,143 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import argparse  # noqa: E402
-import statistics  # noqa: E402
+import json  # noqa: E402
 import time  # noqa: E402
 
 import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
 
-from keras_secure import rl  # noqa: E402
-from keras_secure.attacks import PGD  # noqa: E402
 from keras_secure.demo import ch5_rl  # noqa: E402
-from keras_secure.rl.robust import adversarial_collection_env  # noqa: E402
-from keras_secure.rl.tf_agents import network_scores  # noqa: E402
-
-EPS = 0.1
+from keras_secure.rl import ppo  # noqa: E402
+from keras_secure.rl.metrics import mean_confidence_interval  # noqa: E402
 
 
-def make():
-    return gym.make("CartPole-v1")
+def throughput(steps: int = 128, seed: int = 0) -> list[tuple[str, float]]:
+    """Environment steps per second of PPO collection (policy included) on CartPole: one
+    environment, 8 in this process (SyncVectorEnv), 8 in worker processes (AsyncVectorEnv);
+    and the same with a PGD-3 attack on every observation (adversarial collection)."""
+    make = lambda: gym.make(ch5_rl.ENV_ID)  # noqa: E731
+    agent = ppo.make_ppo_agent(make(), seed=seed)
+    attack = ch5_rl.pgd_attack(ppo.logits_fn(agent), ch5_rl.STATE_EPS, 3, seed)
+    rows = []
+    for observe, label in ((None, ""), (attack, ", PGD-3 on every observation")):
+        for name, n, asynchronous in (("1 environment", 1, False),
+                                      ("8 environments, one process (SyncVectorEnv)", 8, False),
+                                      ("8 environments, worker processes (AsyncVectorEnv)", 8,
+                                       True)):
+            rollout = ppo.VectorRollout(make, n, seed=seed, asynchronous=asynchronous)
+            rollout.collect(agent, 4, observe=observe)  # tracing, worker start-up
+            _, stats = rollout.collect(agent, steps * 8 // n, observe=observe)
+            rollout.close()
+            rows.append((name + label, stats.steps / stats.seconds))
+            print(f"| {name + label} | {stats.steps / stats.seconds:.0f} |", flush=True)
+    return rows
 
 
-def evaluate(net, seed: int, episodes: int):
-    greedy = ch5_rl._greedy(net)
-    clean = rl.evaluate_policy(make(), greedy, episodes=episodes, seed=seed, max_steps=500)
-    attacked_env = rl.AdversarialObservation(make(), network_scores(net),
-                                             PGD(EPS, steps=5, seed=seed))
-    attacked = rl.evaluate_policy(attacked_env, greedy, episodes=episodes, seed=seed,
-                                  max_steps=500)
-    return clean.mean, attacked.mean
+def summarize(per_seed: list[dict]) -> dict:
+    """Per recipe: 95% intervals over seeds of clean, each attack, worst, restoration."""
+    out = {}
+    for recipe, (kind, description) in ch5_rl.RECIPES.items():
+        clean = [r[recipe]["clean"]["mean"] for r in per_seed]
+        ppo_clean = [r["ppo"]["clean"]["mean"] for r in per_seed]
+        entry = {"description": description, "kind": kind,
+                 "clean": mean_confidence_interval(clean),
+                 "clean_ratio": mean_confidence_interval(
+                     [c / p for c, p in zip(clean, ppo_clean)])}
+        if kind == "state":
+            for attack in ch5_rl.STATE_ATTACKS:
+                entry[attack] = mean_confidence_interval([r[recipe][attack]["mean"]
+                                                          for r in per_seed])
+            worst = [min(r[recipe][a]["mean"] for a in ch5_rl.STATE_ATTACKS) for r in per_seed]
+            entry["worst"] = mean_confidence_interval(worst)
+            entry["restoration"] = mean_confidence_interval(
+                [w / p for w, p in zip(worst, ppo_clean)])
+        else:
+            entry["restoration"] = mean_confidence_interval(
+                [c / p for c, p in zip(clean, ppo_clean)])
+        out[recipe] = entry
+    return out
+
+
+def report(per_seed: list[dict], settings: dict) -> None:
+    s = summarize(per_seed)
+    print(f"\n{ch5_rl.ENV_ID}, {len(per_seed)} training seeds, {settings['iterations']} PPO "
+          f"iterations of {settings['num_envs']} x {settings['steps']} steps, "
+          f"{settings['episodes']} evaluation episodes per seed, L-inf {ch5_rl.STATE_EPS}; "
+          "mean [95% t interval over seeds]\n")
+    print("| recipe | clean reward | random noise | PGD | learned adversary | worst over "
+          "attacks | restoration (worst / PPO clean) | clean / PPO clean |")
+    print("|---|---|---|---|---|---|---|---|")
+    for recipe, e in s.items():
+        if e["kind"] != "state":
+            continue
+        print(f"| {e['description']} | {e['clean']} | {e['noise']} | {e['pgd']} | "
+              f"{e['learned']} | {e['worst']} | {100 * e['restoration'].mean:.1f}% | "
+              f"{100 * e['clean_ratio'].mean:.1f}% |")
+    print("\n| reward recipe | clean (true) reward | restoration (/ PPO clean) |")
+    print("|---|---|---|")
+    for recipe, e in s.items():
+        if e["kind"] == "reward":
+            print(f"| {e['description']} | {e['clean']} | {100 * e['restoration'].mean:.1f}% |")
+    tables = ch5_rl.tables(per_seed)
+    t3, t4 = ch5_rl.format_tables(tables)
+    print("\nSeed Table 3 (attacks on PPO)\n\n" + t3 + "\n\nSeed Table 4 (defences)\n\n" + t4)
+    base = s["ppo"]
+    print(f"\nGoal: worst-case interval above vanilla PPO's {base['worst']} with >= 90% of its "
+          f"clean reward {base['clean'].mean:.1f}:")
+    for recipe, e in s.items():
+        if e["kind"] != "state" or recipe == "ppo":
+            continue
+        separated = e["worst"].low > base["worst"].high
+        kept = e["clean"].mean >= 0.9 * base["clean"].mean
+        verdict = "MET" if separated and kept else "not met"
+        print(f"- {e['description']}: worst {e['worst']}, intervals "
+              f"{'do not overlap' if separated else 'overlap or lie below'}; clean "
+              f"{e['clean'].mean:.1f} = {100 * e['clean'].mean / base['clean'].mean:.0f}% of "
+              f"PPO's -> {verdict}")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=9000)
-    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="PPO iterations per recipe (default: the demo's full budget)")
+    parser.add_argument("--out", default="rl_training.json")
+    parser.add_argument("--resume", action="store_true", help="keep the seeds already in --out")
+    parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
-    settings = dict(ch5_rl._settings(False), steps=args.steps)
-    recipes = {  # name -> seed -> train_dqn keyword arguments
-        "DQN": lambda seed: {},
-        "SA-DQN (sa_eps 0.1, weight 0.1)": lambda seed: {"sa_eps": EPS},
-        "adversarial collection (p 0.5, PGD-3)": lambda seed: {
-            "collect_env": lambda env, net: adversarial_collection_env(
-                env, net, PGD(EPS, steps=3, seed=seed), 0.5, seed=seed)},
-    }
-    results = {name: [] for name in recipes}
-    for seed in range(args.seeds):
-        for name, recipe in recipes.items():
-            start = time.perf_counter()
-            net = ch5_rl.train_dqn(make, seed, settings, **recipe(seed))
-            clean, attacked = evaluate(net, 100 + seed, args.episodes)
-            results[name].append((clean, attacked))
-            print(f"seed {seed} | {name} | clean {clean:.1f} | PGD {attacked:.1f} | "
-                  f"{time.perf_counter() - start:.0f} s", flush=True)
-
-    def summary(values):
-        sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values):.1f} ± {sd:.1f}"
-
-    base = statistics.mean(a for _, a in results["DQN"])
-    print(f"\nCartPole-v1, {args.steps} DQN steps, {args.seeds} training seeds, "
-          f"{args.episodes} evaluation episodes; mean ± std over seeds\n")
-    print("| recipe | clean reward | reward under PGD-5 | PGD reward / DQN's | "
-          "per seed (clean, PGD) |")
-    print("|---|---|---|---|---|")
-    for name, values in results.items():
-        pgd = [a for _, a in values]
-        per_seed = ", ".join(f"({c:.0f}, {a:.0f})" for c, a in values)
-        print(f"| {name} | {summary([c for c, _ in values])} | {summary(pgd)} | "
-              f"{statistics.mean(pgd) / base:.2f} | {per_seed} |")
+    if args.seeds < 2:
+        parser.error("--seeds must be >= 2 for confidence intervals")
+    settings = ch5_rl._settings(False)
+    if args.iterations is not None:
+        settings["iterations"] = args.iterations
+    done = []
+    if args.resume and os.path.exists(args.out):
+        with open(args.out, encoding="utf-8") as f:
+            done = json.load(f)["per_seed"]
+    if not args.skip_throughput:
+        print("| rollout (PPO collection on CartPole, policy included) | env steps/s |")
+        print("|---|---|")
+        rows = throughput()
+        single = rows[0][1]
+        print(f"\n8 environments in one process: {rows[1][1] / single:.1f}x one environment's "
+              f"steps/s; in worker processes: {rows[2][1] / single:.1f}x (with PGD-3: "
+              f"{rows[4][1] / rows[3][1]:.1f}x and {rows[5][1] / rows[3][1]:.1f}x)", flush=True)
+    for seed in range(args.first_seed + len(done), args.first_seed + args.seeds):
+        start = time.perf_counter()
+        done.append(ch5_rl.run_seed(seed, settings, log=lambda m: print(m, flush=True)))
+        r = done[-1]
+        print(f"seed {seed} done in {time.perf_counter() - start:.0f} s: " + "; ".join(
+            f"{k} clean {v['clean']['mean']:.0f}" + (
+                "" if "pgd" not in v else
+                f" noise {v['noise']['mean']:.0f} pgd {v['pgd']['mean']:.0f} "
+                f"learned {v['learned']['mean']:.0f}") for k, v in r.items()), flush=True)
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump({"settings": settings, "per_seed": done}, f, indent=1)
+    report(done, settings)
 
 
 if __name__ == "__main__":
+    np.set_printoptions(precision=3)
     main()

@@ -1,11 +1,15 @@
-"""Chapter 5: reinforcement learning on CartPole with TF-Agents DQN - the seed paper's Table 3
-(attacks: state perturbation and reward manipulation) and Table 4 (defences: reward guard,
-dynamic reward shaping, robust policy optimization).
+"""Chapter 5: reinforcement learning on CartPole with TF-Agents PPO - the seed paper's Table 3
+(attacks: state perturbation - random noise, PGD on the policy, a learned optimal adversary -
+and reward manipulation) and Table 4 (defences: RewardGuard, DynamicRewardShaping, SA-PPO,
+adversarial collection, ATLA).
 
 TF-Agents agents need ``TF_USE_LEGACY_KERAS=1`` before TensorFlow is imported, which the demo
 process (Keras 3) cannot have; the chapter therefore runs its experiment in a child process
 (``python -m keras_secure.demo.ch5_rl``) whose environment sets it, and reads back JSON. The
 child starts with the demo and runs on the second core while chapters 1-4 run here.
+
+:func:`train_dqn` (DQN / SA-DQN with a NumPy replay) is kept for the DQN recipes' tests and
+comparisons; the chapter's tables are on PPO.
 """
 
 from __future__ import annotations
@@ -23,14 +27,273 @@ STATE_EPS = 0.1          # L-inf radius of the state perturbations (observation 
 TAMPER_PROBABILITY = 0.6  # reward sign flips: expected reward per step 1 - 2p < 0
 
 
+
 def _settings(quick: bool) -> dict:
+    """The chapter's budget. Quick: one seed, a few PPO iterations of 4 x 64 steps (the agents
+    barely learn: it shows the pipeline, not the effect sizes). Full: one seed at a budget where
+    PPO learns CartPole; ``benchmarks/rl_training.py`` runs five seeds at a larger one."""
     if quick:
-        return {"steps": 400, "warmup": 200, "episodes": 2, "pgd_steps": 2, "max_steps": 100}
-    return {"steps": 9000, "warmup": 1000, "episodes": 10, "pgd_steps": 5, "max_steps": 500}
+        return {"seeds": 1, "num_envs": 4, "steps": 64, "iterations": 3, "num_epochs": 1,
+                "adversary_iterations": 1, "atla_warmup": 1, "atla_rounds": 1,
+                "atla_victim_iterations": 2, "atla_adversary_iterations": 1,
+                "episodes": 3, "max_steps": 100, "pgd_steps": 2, "director_steps": 3,
+                "compiled": False}
+    return {"seeds": 1, "num_envs": 8, "steps": 128, "iterations": 24, "num_epochs": 10,
+            "adversary_iterations": 8, "atla_warmup": 12, "atla_rounds": 3,
+            "atla_victim_iterations": 4, "atla_adversary_iterations": 3,
+            "episodes": 10, "max_steps": 500, "pgd_steps": 5, "director_steps": 10,
+            "compiled": True}
+
+
+#: the recipes, in training order: name -> (kind, description). ``reward`` recipes are trained
+#: on tampered rewards and evaluated clean; ``state`` recipes are evaluated under every state
+#: attack.
+RECIPES = {
+    "ppo": ("state", "PPO"),
+    "reward_tampering": ("reward", "PPO trained on reward sign flips"),
+    "reward_guard": ("reward", "RewardGuard (known range + median/MAD repair)"),
+    "dynamic_reward_shaping": ("reward",
+                               "DynamicRewardShaping (potential -|theta|/0.21 - |x|/2.4)"),
+    "sa_ppo": ("state", f"SA-PPO (sa_eps {STATE_EPS}, weight 0.1)"),
+    "adversarial_collection": ("state", "adversarial collection (p 0.5, PGD-3 on the live actor)"),
+    "atla": ("state", "ATLA (alternating training vs the learned adversary, p 0.5)"),
+}
+STATE_ATTACKS = ("noise", "pgd", "learned")
+
+
+def _potential(obs) -> float:
+    # upright and centred is good: in [-2, 0]
+    return -abs(float(obs[2])) / 0.21 - abs(float(obs[0])) / 2.4
+
+
+def _env_maker(recipe: str):
+    import gymnasium as gym
+
+    from keras_secure import rl
+
+    def make():
+        return gym.make(ENV_ID)
+
+    def tampered():
+        return rl.RewardTampering(make(), "flip", probability=TAMPER_PROBABILITY)
+
+    return {"reward_tampering": tampered,
+            "reward_guard": lambda: rl.RewardGuard(tampered(), reward_range=(0, 1)),
+            "dynamic_reward_shaping": lambda: rl.DynamicRewardShaping(tampered(),
+                                                                      potential=_potential),
+            }.get(recipe, make)
+
+
+def pgd_attack(scores, eps: float, steps: int, seed: int, probability: float = 1.0):
+    """Batched PGD (margin loss) on ``scores`` away from the greedy action, in one graph call,
+    applied to each observation with ``probability``: ``obs_batch -> obs_batch``."""
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_secure.attacks import PGD
+
+    attack = PGD(eps, steps=steps, loss="margin", seed=seed)
+
+    @tf.function(input_signature=[tf.TensorSpec((None, 4), tf.float32)])
+    def perturb(x):
+        return attack.perturb(scores, x, tf.argmax(scores(x), axis=-1))
+
+    rng = np.random.default_rng([seed, 0x9D])
+
+    def apply(obs):
+        obs = np.asarray(obs, np.float32)
+        out = perturb(obs).numpy()
+        if probability < 1.0:
+            keep = rng.random(len(obs)) >= probability
+            out = np.where(keep[:, None], obs, out)
+        return out
+
+    return apply
+
+
+def noise_attack(eps: float, seed: int):
+    """Uniform L-inf noise of radius ``eps`` (seeded): ``obs_batch -> obs_batch``."""
+    import numpy as np
+
+    rng = np.random.default_rng([seed, 0x0B5])
+    return lambda obs: (np.asarray(obs, np.float32)
+                        + rng.uniform(-eps, eps, np.shape(obs))).astype(np.float32)
+
+
+def train_recipe(recipe: str, seed: int, settings: dict, log=print):
+    """Train one recipe's PPO agent; returns ``(agent, seconds, env_steps)``."""
+    from keras_secure.rl import ppo
+
+    make = _env_maker(recipe)
+    start = time.perf_counter()
+    agent = ppo.make_ppo_agent(make(), seed=seed, num_epochs=settings["num_epochs"],
+                               sa_eps=STATE_EPS if recipe == "sa_ppo" else None,
+                               sa_steps=settings["pgd_steps"])
+    n, steps = settings["num_envs"], settings["steps"]
+    if recipe == "atla":
+        ppo.atla_train(agent, make, STATE_EPS, rounds=settings["atla_rounds"],
+                       victim_iterations=settings["atla_victim_iterations"],
+                       adversary_iterations=settings["atla_adversary_iterations"], seed=seed,
+                       num_envs=n, steps=steps, probability=0.5,
+                       attack_steps=settings["director_steps"],
+                       warmup_iterations=settings["atla_warmup"],
+                       num_epochs=settings["num_epochs"], compiled=settings["compiled"])
+        iterations = settings["atla_warmup"] + settings["atla_rounds"] * (
+            settings["atla_victim_iterations"] + settings["atla_adversary_iterations"])
+    else:
+        observe = None
+        if recipe == "adversarial_collection":
+            observe = pgd_attack(ppo.logits_fn(agent), STATE_EPS, 3, seed, probability=0.5)
+        rollout = ppo.VectorRollout(make, n, seed=seed)
+        ppo.train_ppo(agent, rollout, settings["iterations"], steps, observe=observe,
+                      compiled=settings["compiled"])
+        rollout.close()
+        iterations = settings["iterations"]
+    return agent, time.perf_counter() - start, iterations * n * steps
+
+
+def evaluate_recipe(recipe: str, agent, seed: int, settings: dict, log=print) -> dict:
+    """Clean return (true rewards) of the greedy policy; for state recipes also the return and
+    policy deviation under random noise, PGD on the agent's actor and a learned adversary
+    (PA-AD director) trained against this agent. Each entry: ``{"mean", "std",
+    "deviation"}``."""
+    import gymnasium as gym
+
+    from keras_secure.rl import ppo
+    from keras_secure.rl.metrics import evaluate_batched
+
+    def make():
+        return gym.make(ENV_ID)
+
+    act = ppo.greedy_action_fn(agent)
+    episodes, cap = settings["episodes"], settings["max_steps"]
+    eval_seed = 1000 + 100 * seed
+
+    def measure(observe=None):
+        stats, deviation = evaluate_batched(make, act, episodes, eval_seed, observe=observe,
+                                            max_steps=cap)
+        return {"mean": stats.mean, "std": stats.std, "deviation": deviation}
+
+    out = {"clean": measure()}
+    if RECIPES[recipe][0] != "state":
+        return out
+    scores = ppo.logits_fn(agent)
+    out["noise"] = measure(noise_attack(STATE_EPS, eval_seed))
+    out["pgd"] = measure(pgd_attack(scores, STATE_EPS, settings["pgd_steps"], eval_seed))
+    start = time.perf_counter()
+    adversary, perturber = ppo.make_adversary(make(), scores, STATE_EPS, seed=seed + 31,
+                                              attack_steps=settings["director_steps"],
+                                              num_epochs=settings["num_epochs"])
+    rollout = ppo.VectorRollout(make, settings["num_envs"], seed=seed + 5000)
+    ppo.train_adversary(adversary, perturber, rollout, settings["adversary_iterations"],
+                        settings["steps"], compiled=settings["compiled"])
+    rollout.close()
+    out["learned"] = measure(ppo.learned_attack(adversary, perturber))
+    out["learned"]["train_seconds"] = time.perf_counter() - start
+    return out
+
+
+def run_seed(seed: int, settings: dict, log=print, recipes=None) -> dict:
+    """Train and evaluate every recipe for one training seed: ``{recipe: evaluation}`` plus
+    each recipe's ``train_seconds`` and ``env_steps``."""
+    results = {}
+    for recipe in recipes or RECIPES:
+        log(f"seed {seed}: training PPO '{recipe}' ...")
+        agent, seconds, env_steps = train_recipe(recipe, seed, settings, log)
+        log(f"seed {seed}: evaluating '{recipe}' ...")
+        results[recipe] = evaluate_recipe(recipe, agent, seed, settings, log)
+        results[recipe].update(train_seconds=seconds, env_steps=env_steps)
+    return results
+
+
+def _summary(values) -> dict:
+    """Mean with a 95% t interval over seeds (n >= 2), else the single value."""
+    from keras_secure.rl.metrics import mean_confidence_interval
+
+    values = [float(v) for v in values]
+    if len(values) >= 2:
+        ci = mean_confidence_interval(values)
+        return {"mean": ci.mean, "low": ci.low, "high": ci.high, "n": ci.n}
+    return {"mean": values[0], "low": None, "high": None, "n": 1}
+
+
+def tables(per_seed: list[dict]) -> dict:
+    """The seed's Tables 3 and 4 from :func:`run_seed` results over one or more seeds.
+
+    Per seed, a recipe's ``worst`` is its lowest mean return over the state attacks; retention
+    and restoration are ratios to the same seed's PPO clean return. Each reported figure is the
+    mean over seeds with a 95% Student-t interval (``low``/``high``, None with one seed);
+    ``std`` is the spread over evaluation episodes when there is one seed.
+    """
+    def per(recipe, key, field="mean"):
+        return [r[recipe][key][field] for r in per_seed]
+
+    def worst(r, recipe):
+        return min(r[recipe][a]["mean"] for a in STATE_ATTACKS)
+
+    one = len(per_seed) == 1
+    clean = per("ppo", "clean")
+
+    def row(values, extra=None, std=None):
+        out = _summary(values)
+        out["std"] = std if one else None
+        return {**out, **(extra or {})}
+
+    table3 = [dict(attack="none", **row(clean, std=per_seed[0]["ppo"]["clean"]["std"]),
+                   retention=1.0, deviation=0.0)]
+    names = {"noise": f"random state noise (L-inf {STATE_EPS})",
+             "pgd": f"adversarial states (PGD on the actor, L-inf {STATE_EPS})",
+             "learned": f"learned adversary (PA-AD director, L-inf {STATE_EPS})"}
+    for attack in STATE_ATTACKS:
+        values = per("ppo", attack)
+        table3.append(dict(attack=names[attack],
+                           **row(values, std=per_seed[0]["ppo"][attack]["std"]),
+                           retention=_summary([v / c for v, c in zip(values, clean)])["mean"],
+                           deviation=_summary(per("ppo", attack, "deviation"))["mean"]))
+    tampered = per("reward_tampering", "clean")
+    table3.append(dict(attack=f"reward manipulation (sign flips, p = {TAMPER_PROBABILITY})",
+                       **row(tampered, std=per_seed[0]["reward_tampering"]["clean"]["std"]),
+                       retention=_summary([v / c for v, c in zip(tampered, clean)])["mean"],
+                       deviation=None))
+    ppo_worst = [worst(r, "ppo") for r in per_seed]
+    table4 = []
+    for recipe, (kind, description) in RECIPES.items():
+        if recipe in ("ppo", "reward_tampering"):
+            continue
+        if kind == "reward":
+            attacked, defended = tampered, per(recipe, "clean")
+            std = per_seed[0][recipe]["clean"]["std"]
+            against = table3[-1]["attack"]
+        else:
+            attacked, defended = ppo_worst, [worst(r, recipe) for r in per_seed]
+            std = None
+            against = "worst of the three state attacks"
+        entry = dict(defence=description, attack=against, attacked=_summary(attacked)["mean"],
+                     defended=row(defended, std=std),
+                     restoration=_summary([d / c for d, c in zip(defended, clean)])["mean"],
+                     defended_clean=row(per(recipe, "clean")))
+        if kind == "state":
+            entry["per_attack"] = {a: _summary(per(recipe, a))["mean"] for a in STATE_ATTACKS}
+            entry["clean_ratio"] = _summary([d / c for d, c in
+                                             zip(per(recipe, "clean"), clean)])["mean"]
+        table4.append(entry)
+    return {"table3": table3, "table4": table4, "seeds": len(per_seed)}
+
+
+def experiment(quick: bool, seed: int, log=print) -> dict:
+    """Run the chapter's trainings and evaluations (``settings["seeds"]`` training seeds from
+    ``seed``); returns JSON-ready results."""
+    settings = _settings(quick)
+    per_seed = [run_seed(seed + k, settings, log) for k in range(settings["seeds"])]
+    seconds = {r: sum(p[r]["train_seconds"] for p in per_seed) for r in RECIPES}
+    steps = {r: sum(p[r]["env_steps"] for p in per_seed) for r in RECIPES}
+    return {"settings": settings, "env": ENV_ID, **tables(per_seed), "per_seed": per_seed,
+            "training_seconds": seconds,
+            "env_steps_per_second": {r: steps[r] / seconds[r] for r in RECIPES}}
 
 
 # ----------------------------------------------------------------------------------------------
-# child process: the experiment (TF-Agents, tf-keras)
+# DQN (SA-DQN tests and comparisons)
 
 def _make_agent(py_env, seed: int, sa_eps: float | None, settings: dict):
     import tensorflow as tf
@@ -141,97 +404,6 @@ def _greedy(net):
     return lambda obs: int(act(np.asarray(obs, np.float32)[np.newaxis])[0])
 
 
-def experiment(quick: bool, seed: int, log=print) -> dict:
-    """Run the chapter's trainings and evaluations; returns JSON-ready results."""
-    import gymnasium as gym
-
-    from keras_secure import rl
-    from keras_secure.attacks import PGD
-    from keras_secure.rl.robust import adversarial_collection_env, network_scores
-
-    settings = _settings(quick)
-    episodes = settings["episodes"]
-
-    def make():
-        return gym.make(ENV_ID)
-
-    def tampered():
-        return rl.RewardTampering(make(), "flip", probability=TAMPER_PROBABILITY)
-
-    def potential(obs):
-        # upright and centred is good: in [-2, 0]
-        return -abs(float(obs[2])) / 0.21 - abs(float(obs[0])) / 2.4
-
-    attack = PGD(STATE_EPS, steps=settings["pgd_steps"], seed=seed)
-    trainings = {
-        "baseline": dict(make_env=make),
-        "reward_tampering": dict(make_env=tampered),
-        "reward_guard": dict(make_env=lambda: rl.RewardGuard(tampered(), reward_range=(0, 1))),
-        "dynamic_reward_shaping": dict(
-            make_env=lambda: rl.DynamicRewardShaping(tampered(), potential=potential)),
-        "sa_dqn": dict(make_env=make, sa_eps=STATE_EPS),
-        # ATLA-style: half the collection steps are attacked against the live Q-network
-        "adversarial_collection": dict(make_env=make, collect_env=lambda env, net: (
-            adversarial_collection_env(env, net, PGD(STATE_EPS, steps=3, seed=seed), 0.5,
-                                       seed=seed))),
-    }
-    nets, timings = {}, {}
-    for name, kwargs in trainings.items():
-        log(f"training DQN: {name} ({settings['steps']} steps) ...")
-        start = time.perf_counter()
-        nets[name] = train_dqn(seed=seed, settings=settings, **kwargs)
-        timings[name] = time.perf_counter() - start
-
-    def reward(name, env=None):
-        stats = rl.evaluate_policy(env or make(), _greedy(nets[name]), episodes=episodes,
-                                   seed=seed, max_steps=settings["max_steps"])
-        return {"mean": stats.mean, "std": stats.std}
-
-    def attacked_env(name):
-        return rl.AdversarialObservation(make(), network_scores(nets[name]), attack)
-
-    log("evaluating the baseline under attack ...")
-    clean = reward("baseline")
-    noise_env = rl.ObservationNoise(make(), STATE_EPS)
-    noise_env.reset(seed=seed)
-    adv_env = attacked_env("baseline")
-    greedy = _greedy(nets["baseline"])
-    table3 = [
-        {"attack": "none", **clean, "retention": 1.0, "deviation": 0.0},
-        {"attack": f"random state noise (L-inf {STATE_EPS})", **reward("baseline", noise_env),
-         "deviation": rl.policy_deviation(make(), greedy, noise_env.observation,
-                                          episodes=min(episodes, 3), seed=seed)},
-        {"attack": f"adversarial states (PGD-{settings['pgd_steps']}, L-inf {STATE_EPS})",
-         **reward("baseline", adv_env),
-         "deviation": rl.policy_deviation(make(), greedy, adv_env.observation,
-                                          episodes=min(episodes, 3), seed=seed)},
-        {"attack": f"reward manipulation (sign flips, p = {TAMPER_PROBABILITY})",
-         **reward("reward_tampering"), "deviation": None},
-    ]
-    for row in table3[1:]:
-        row["retention"] = rl.reward_retention(row["mean"], clean["mean"])
-    log("evaluating the defences ...")
-    table4 = [
-        {"defence": "RewardGuard (known range + median/MAD repair)",
-         "attack": table3[3]["attack"], "attacked": table3[3]["mean"],
-         "defended": reward("reward_guard")},
-        {"defence": "DynamicRewardShaping (potential -|theta|/0.21 - |x|/2.4)",
-         "attack": table3[3]["attack"], "attacked": table3[3]["mean"],
-         "defended": reward("dynamic_reward_shaping")},
-        {"defence": f"SA-DQN (robust policy optimization, eps {STATE_EPS})",
-         "attack": table3[2]["attack"], "attacked": table3[2]["mean"],
-         "defended": reward("sa_dqn", attacked_env("sa_dqn")), "defended_clean": reward("sa_dqn")},
-        {"defence": "adversarial training during collection (p 0.5, PGD-3)",
-         "attack": table3[2]["attack"], "attacked": table3[2]["mean"],
-         "defended": reward("adversarial_collection", attacked_env("adversarial_collection")),
-         "defended_clean": reward("adversarial_collection")},
-    ]
-    for row in table4:
-        row["restoration"] = rl.reward_restoration(row["defended"]["mean"], clean["mean"])
-    return {"settings": settings, "env": ENV_ID, "table3": table3, "table4": table4,
-            "training_seconds": timings}
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
@@ -248,7 +420,30 @@ def main(argv=None) -> None:
 # demo process: run the child and write the tables
 
 def _fmt(stats) -> str:
-    return f"{stats['mean']:.1f} ± {stats['std']:.1f}"
+    """``mean ± std`` (one seed: spread over evaluation episodes) or ``mean [low, high]``
+    (several seeds: 95% t interval over seeds)."""
+    if stats.get("low") is not None:
+        return f"{stats['mean']:.1f} [{stats['low']:.1f}, {stats['high']:.1f}]"
+    if stats.get("std") is not None:
+        return f"{stats['mean']:.1f} ± {stats['std']:.1f}"
+    return f"{stats['mean']:.1f}"
+
+
+def format_tables(results: dict) -> tuple[str, str]:
+    """Markdown of Tables 3 and 4 from :func:`experiment` / :func:`tables` results."""
+    table3 = ("| Attack | Reward | Reward retention (%) | Policy deviation (%) |\n"
+              "|---|---|---|---|\n" + "\n".join(
+                  f"| {r['attack']} | {_fmt(r)} | {100 * r['retention']:.1f} | "
+                  + ("-" if r["deviation"] is None else f"{100 * r['deviation']:.1f}") + " |"
+                  for r in results["table3"]))
+    table4 = ("| Defence | Against | Reward attacked (PPO) | Reward defended | "
+              "Reward restoration (%) | Clean reward of the defended agent |\n"
+              "|---|---|---|---|---|---|\n" + "\n".join(
+                  f"| {r['defence']} | {r['attack']} | {r['attacked']:.1f} | "
+                  f"{_fmt(r['defended'])} | {100 * r['restoration']:.1f} | "
+                  f"{_fmt(r['defended_clean'])} |"
+                  for r in results["table4"]))
+    return table3, table4
 
 
 def prepare(ctx) -> None:
@@ -287,41 +482,45 @@ def run(ctx) -> None:
     with open(out, encoding="utf-8") as f:
         results = json.load(f)
     settings = results["settings"]
-    table3 = ("| Attack | Reward (mean ± std) | Reward retention (%) | Policy deviation (%) |\n"
-              "|---|---|---|---|\n" + "\n".join(
-                  f"| {r['attack']} | {_fmt(r)} | {100 * r['retention']:.1f} | "
-                  + ("-" if r["deviation"] is None else f"{100 * r['deviation']:.1f}") + " |"
-                  for r in results["table3"]))
-    table4 = ("| Defence | Against | Reward attacked (no defence) | Reward defended | "
-              "Reward restoration (%) |\n|---|---|---|---|---|\n" + "\n".join(
-                  f"| {r['defence']} | {r['attack']} | {r['attacked']:.1f} | "
-                  f"{_fmt(r['defended'])} | {100 * r['restoration']:.1f} |"
-                  for r in results["table4"]))
-    print("\nTable 3 - attacks on a DQN CartPole agent\n")
+    table3, table4 = format_tables(results)
+    seeds = results["seeds"]
+    print(f"\nTable 3 - attacks on a PPO CartPole agent ({seeds} training seed"
+          f"{'s' if seeds > 1 else ''})\n")
     print(table3)
     print("\nTable 4 - defences\n")
     print(table4, flush=True)
     ctx.results["chapter5_rl"] = results
+    budget = ("a tiny quick-mode budget: the agents barely learn, so the figures show the "
+              "pipeline, not the effects. " if ctx.quick else "")
+    rate = results["env_steps_per_second"]["ppo"]
     ctx.section(
-        f"TF-Agents DQN agents (Q-network 64-64, Adam 5e-4, epsilon-greedy 0.05, target "
-        f"network updated every 500 steps) trained for "
-        f"{settings['steps']} environment steps each on {results['env']} (after "
-        f"{settings['warmup']} random steps); rewards are the true environment rewards over "
-        f"{settings['episodes']} seeded episodes of the greedy policy ({settings['max_steps']} "
-        "steps at most). State "
-        f"attacks perturb the agent's observations within L-inf {STATE_EPS}: uniform noise "
-        "(ObservationNoise) or PGD against the agent's own Q-network (AdversarialObservation, "
-        "Huang et al. 2017); policy deviation is the fraction of visited states whose greedy "
-        "action changes. Reward manipulation: the agent is trained on RewardTampering sign "
-        f"flips with probability {TAMPER_PROBABILITY}. Defences: the same tampered training "
-        "behind RewardGuard or DynamicRewardShaping; SA-DQN (keras_secure.rl.robust."
-        "SADqnAgent, Zhang et al. 2020) and adversarial training during collection (half the "
-        "collected steps attacked with PGD-3 against the live Q-network, keras_secure.rl.robust."
-        "adversarial_collection_env; Pinto et al. 2017, Zhang et al. 2021), each evaluated "
-        "under the PGD attack on its own network. These results come from one training seed; "
-        "benchmarks/rl_training.py compares the recipes over several. "
-        "Retention = attacked / clean reward; restoration = defended / clean reward.\n\n"
-        "Table 3 - attacks on a DQN CartPole agent\n\n" + table3
+        f"TF-Agents PPO agents (PPOClipAgent, actor and value networks 64-64, Adam 1e-3, GAE, "
+        f"{settings['num_epochs']} epochs per batch) trained on {results['env']} with "
+        f"{settings['num_envs']} environments stepped together (gymnasium vector env; "
+        f"{rate:.0f} environment steps/s while training plain PPO here), "
+        f"{settings['iterations']} iterations of {settings['num_envs']} x {settings['steps']} "
+        f"steps each. **{seeds} training seed{'s' if seeds > 1 else ''}**, {budget}"
+        f"Rewards are the true environment rewards over {settings['episodes']} seeded episodes "
+        f"of the greedy policy ({settings['max_steps']} steps at most); with one seed '±' is "
+        "the spread over those episodes, not a confidence interval - "
+        "`benchmarks/rl_training.py` runs five seeds with 95% intervals. State attacks perturb "
+        f"the observations within L-inf {STATE_EPS}: uniform noise, PGD-{settings['pgd_steps']} "
+        "on the agent's own actor (Huang et al. 2017), and a learned adversary: a PPO agent "
+        f"trained for {settings['adversary_iterations']} iterations against this victim to "
+        "minimise its return, choosing which action the victim should take while a targeted "
+        f"PGD-{settings['director_steps']} finds the observation (keras_secure.rl.adversary, "
+        "PA-AD, Sun et al. 2022; the learned-adversary evaluation of Zhang et al. 2021). "
+        "Policy deviation is the fraction of visited states whose greedy action changes. "
+        "Reward manipulation: PPO trained on RewardTampering sign flips with probability "
+        f"{TAMPER_PROBABILITY}. Defences: the same tampered training behind RewardGuard or "
+        "DynamicRewardShaping; SA-PPO (Zhang et al. 2020), adversarial collection (half the "
+        "collected steps attacked with PGD-3 against the live actor) and ATLA (Zhang et al. "
+        "2021: PPO alternating with the learned adversary, half the steps attacked), each "
+        "evaluated under the worst of the three state attacks (its own learned adversary "
+        "included). Retention = attacked / clean reward; restoration = defended / PPO's clean "
+        "reward.\n\n"
+        f"Table 3 - attacks on a PPO CartPole agent ({seeds} training seed"
+        f"{'s' if seeds > 1 else ''})\n\n" + table3
         + "\n\nTable 4 - defences\n\n" + table4 + "\n")
 
 

@@ -135,3 +135,119 @@ def policy_deviation(env: gym.Env, policy: Callable[[Any], Any],
             obs, _, terminated, truncated, _ = env.step(action)
             done = terminated or truncated
     return changed / total
+
+
+def evaluate_batched(make_env: Callable[[], gym.Env], policy: Callable[[Any], Any],
+                     episodes: int = 10, seed: int = 0, observe: Callable | None = None,
+                     max_steps: int | None = None,
+                     true_reward: bool = True) -> tuple[EpisodeStats, float | None]:
+    """:func:`evaluate_policy` for ``episodes`` environments run side by side, the policy (and
+    the attack) called once per step on the batch of still-running episodes.
+
+    Episode ``i`` runs in its own environment ``make_env()`` reset with seed ``seed + i``, so
+    the returns equal :func:`evaluate_policy`'s for a deterministic policy and attack (tested).
+    With ``observe``, the policy acts on ``observe(obs_batch)`` and the policy deviation -
+    the fraction of visited states where that action differs from the action on the true
+    observation, as :func:`policy_deviation` - is returned too.
+
+    Args:
+        make_env: returns one (possibly wrapped) environment.
+        policy: batch of observations -> batch of actions.
+        episodes: >= 1. Defaults to 10.
+        seed: seed of the first episode. Defaults to 0.
+        observe: batch -> batch of observations the policy sees (an attack), or None.
+        max_steps: cut episodes after this many steps, or None.
+        true_reward: sum ``info["true_reward"]`` where a tampering wrapper provides it.
+
+    Returns:
+        ``(EpisodeStats, deviation)``; ``deviation`` is None without ``observe``.
+
+    Raises:
+        ValueError / TypeError: for arguments out of range.
+
+    Example:
+        >>> stats, deviation = evaluate_batched(make, greedy, 10, observe=pgd_batch)
+    """
+    episodes = check_number("episodes", episodes, low=1, integer=True)
+    max_steps = check_number("max_steps", max_steps, low=1, integer=True, allow_none=True)
+    envs = [make_env() for _ in range(episodes)]
+    obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
+    totals, lengths = np.zeros(episodes), np.zeros(episodes, int)
+    active = list(range(episodes))
+    changed = visited = 0
+    while active:
+        batch = np.stack([np.asarray(obs[i]) for i in active])
+        seen = batch if observe is None else observe(batch)
+        actions = np.asarray(policy(seen))
+        if observe is not None:
+            changed += int(np.sum(actions != np.asarray(policy(batch))))
+            visited += len(active)
+        still = []
+        for i, action in zip(active, actions):
+            obs[i], reward, terminated, truncated, info = envs[i].step(action)
+            totals[i] += float(info.get("true_reward", reward)) if true_reward else float(reward)
+            lengths[i] += 1
+            if not (terminated or truncated or (max_steps is not None
+                                                and lengths[i] >= max_steps)):
+                still.append(i)
+        active = still
+    for env in envs:
+        env.close()
+    stats = EpisodeStats(float(totals.mean()), float(totals.std()), tuple(totals.tolist()),
+                         tuple(int(n) for n in lengths))
+    return stats, (changed / visited if observe is not None else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeanCI:
+    """Mean of per-seed values with a two-sided Student-t confidence interval:
+    ``mean +- t_{(1+confidence)/2, n-1} * sd / sqrt(n)`` (sd with ``n - 1``)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    confidence: float
+
+    @property
+    def half_width(self) -> float:
+        """``(high - low) / 2``."""
+        return (self.high - self.low) / 2
+
+    def overlaps(self, other: "MeanCI") -> bool:
+        """Whether the two intervals share a point."""
+        return self.low <= other.high and other.low <= self.high
+
+    def __str__(self) -> str:
+        return f"{self.mean:.1f} [{self.low:.1f}, {self.high:.1f}]"
+
+
+def mean_confidence_interval(values, confidence: float = 0.95) -> MeanCI:
+    """Mean and Student-t confidence interval of independent per-seed values (e.g. one
+    evaluation return per training seed).
+
+    Args:
+        values: at least 2 finite numbers.
+        confidence: in (0, 1). Defaults to 0.95.
+
+    Returns:
+        :class:`MeanCI`.
+
+    Raises:
+        ValueError: for fewer than 2 values, non-finite values or ``confidence`` outside (0, 1).
+
+    Example:
+        >>> ci = mean_confidence_interval([1, 2, 3, 4, 5])   # 3.0 [1.04, 4.96]
+    """
+    from scipy import stats as scipy_stats
+
+    confidence = check_number("confidence", confidence, low=0.0, high=1.0,
+                              low_inclusive=False, high_inclusive=False)
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    if v.size < 2 or not np.all(np.isfinite(v)):
+        raise ValueError("`values` must hold at least 2 finite numbers (one per seed) for a "
+                         f"confidence interval. Received: values={np.asarray(values).tolist()}")
+    mean = float(v.mean())
+    half = float(scipy_stats.t.ppf((1 + confidence) / 2, v.size - 1)
+                 * v.std(ddof=1) / np.sqrt(v.size))
+    return MeanCI(mean, mean - half, mean + half, int(v.size), confidence)
