@@ -492,17 +492,31 @@ def test_quick_demo_writes_a_report(tmp_path, capsys):
 
     html = (out / "report.html").read_text()
     page = static_check(html)
-    assert {f"chapter-{n}" for n in range(1, 9)} <= page["ids"]
+    assert {f"chapter-{n}" for n in range(1, 10)} <= page["ids"]
     assert "Per-class clean and robust accuracy" in report and "Class" in page["text"]
     assert (out / "ch1_adversarial_examples.png").stat().st_size > 1000
     assert len(page["images"]) == report.count("![")  # every picture of report.md, embedded
-    assert [c["number"] for c in results["run"]["chapters"]] == list(range(1, 9))
-    # chapters 4 and 6-8 ran in the child process: their tables and results came back
+    assert [c["number"] for c in results["run"]["chapters"]] == list(range(1, 10))
+    # chapters 4 and 6-9 ran in the child process: their tables and results came back
     assert [r["model"] for r in results["chapter_masking"]] == ["SL", "RL", "SL-adv", "RL-adv"]
     assert all(isinstance(r["flags"], list) for r in results["chapter_masking"])
     assert results["chapter_poisoning"] and results["chapter_explain_table5"]
-    for title in ("Seed 002", "Data poisoning", "Explainability"):
+    for title in ("Seed 002", "Data poisoning", "Explainability", "Federated learning"):
         assert title in report
+    federated = results["chapter_federated"]
+
+    def final(history, key):
+        return history["rounds"][-1][key]
+
+    # model replacement wins against FedAvg, the robust aggregators refuse it, Bulyan cannot
+    # run with 2 attackers among 10 clients (n >= 4f + 3) and says so
+    aggregators = federated["aggregators"]
+    assert final(aggregators["fedavg"], "backdoor_success") > 0.5
+    for name in ("fedmedian", "krum"):
+        assert final(aggregators[name], "backdoor_success") < 0.3
+    assert "n >= 4f + 3" in aggregators["bulyan"]["refused"]
+    eps = [final(h, "epsilon") for h in federated["dp"].values()]
+    assert len(eps) == 2 and eps[0] > eps[1] > 0  # more noise, less epsilon
     from _browser import BROWSER, check_in_browser
 
     if BROWSER is not None:

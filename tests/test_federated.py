@@ -362,3 +362,39 @@ def test_adversarial_training_clients_report_robust_accuracy(data):
     assert np.isfinite(history.final["client_loss"])
     robust = history.final["client_metrics"]["val_robust_accuracy"]
     assert 0.0 <= robust <= 1.0  # the monitor's logs reached the server
+
+
+@pytest.mark.slow
+def test_flowers_ray_engine_gives_the_in_process_results(data):
+    """The same federation on Flower's simulation engine (clients in Ray actors) and on the
+    in-process grid: same seeds, same per-round accuracy and backdoor success."""
+    x, y, xt, yt = data
+    parts = fl.iid_partition(x[:300], y[:300], 3, seed=0)
+    kwargs = dict(num_rounds=2, aggregator="fedmedian", test_data=(xt, yt), verbose=0,
+                  malicious={2: fl.Backdoor(PatchTrigger(2), target=0)}, num_malicious=1)
+    local = fl.simulate(make_model, parts, backend="local", **kwargs)
+    ray = fl.simulate(make_model, parts, backend="ray", **kwargs)
+    for key in ("accuracy", "backdoor_success", "malicious_clients"):
+        np.testing.assert_allclose(ray.column(key), local.column(key), atol=1e-6)
+    assert ray.config["backend"] == "ray"
+
+
+def test_a_node_can_hold_only_its_own_partition(data):
+    """Deployment: a SuperNode's clients hold {partition_id: (x, y)} for that node only."""
+    from flwr.app import Context, RecordDict
+
+    x, y = data[0], data[1]
+    clients = fl.KerasClients(make_model, {3: (x[:50], y[:50])})
+
+    def context(pid):
+        return Context(run_id=1, node_id=7, node_config={"partition-id": pid},
+                       state=RecordDict(), run_config={})
+
+    assert clients.client_id(context(3)) == 3
+    with pytest.raises(ValueError, match=r"client ids these clients hold data for, \[3\]"):
+        clients.client_id(context(0))
+    weights = make_model().get_weights()
+    local, metrics = clients.fit(weights, 3, server_round=1)
+    assert metrics["num-examples"] == 50 and len(local) == len(weights)
+    with pytest.raises(ValueError, match="keys 0..n-1"):
+        fl.simulate(make_model, {3: (x[:50], y[:50])}, num_rounds=1)

@@ -17,6 +17,7 @@ from keras_secure.demo import (
     ch4_privacy,
     ch5_rl,
     ch_explain,
+    ch_federated,
     ch_masking,
     ch_poisoning,
 )
@@ -228,6 +229,8 @@ CHAPTERS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("Data poisoning: backdoors, detection and repair", ch_poisoning.run),
     ("Explainability: SHAP vs LIME attributions and an attribution-based detector",
      ch_explain.run),
+    ("Federated learning on Flower: malicious clients, robust aggregation and user-level DP",
+     ch_federated.run),
 ]
 
 

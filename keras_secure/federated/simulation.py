@@ -15,11 +15,13 @@ import numpy as np
 from flwr.serverapp import Grid
 
 from keras_secure.federated.attacks import Backdoor, MaliciousBehaviour
-from keras_secure.federated.client import KerasClients, check_compiled_model
+from keras_secure.federated.client import KerasClients, cached_model, check_compiled_model
 from keras_secure.federated.server import AGGREGATORS, UserLevelDP, make_strategy
 from keras_secure.validation import check_choice, check_number
 
 BACKENDS = ("local", "ray")
+# The server's evaluation model per model function (kept apart from the clients' models).
+_SERVER_MODELS: dict = {}
 _BOOKKEEPING = ("num-examples", "unit-weight", "malicious", "malicious-clients",
                 "rejected-updates", "failed-clients", "aggregation-skipped")
 
@@ -181,11 +183,13 @@ class FederatedServer:
 
     def _server_model(self):
         if self._model is None:
-            if self.seed is not None:  # the initial global model
+            self._model = cached_model(self.model_fn, _SERVER_MODELS)[0]
+            if self.seed is not None:  # the initial global model: fresh (seeded) weights
                 import keras
 
                 keras.utils.set_random_seed(self.seed)
-            self._model = check_compiled_model(self.model_fn())
+            self._initial = [np.asarray(w) for w in
+                             check_compiled_model(self.model_fn()).get_weights()]
         return self._model
 
     def evaluate(self, weights: list) -> dict:
@@ -210,8 +214,8 @@ class FederatedServer:
         if self.seed is not None:
             random.seed(self.seed)
             np.random.seed(self.seed % (2 ** 32))
-        model = self._server_model()
-        initial = ArrayRecord(numpy_ndarrays=[np.asarray(w) for w in model.get_weights()])
+        self._server_model()
+        initial = ArrayRecord(numpy_ndarrays=self._initial)
         evaluations = {}
         start = time.perf_counter()
         times = {}
@@ -448,6 +452,9 @@ def simulate(model_fn: Callable, partitions: Sequence, *, num_rounds: int,
     if num_malicious is None:
         num_malicious = len(malicious)
     num_malicious = check_number("num_malicious", num_malicious, low=0, integer=True)
+    if isinstance(partitions, Mapping) and sorted(partitions) != list(range(len(partitions))):
+        raise ValueError("A simulation runs clients 0..n-1: `partitions` must be a list, or a "
+                         f"mapping with keys 0..n-1. Received keys: {sorted(partitions)}")
     clients = KerasClients(model_fn, partitions, epochs=epochs, batch_size=batch_size,
                            callbacks=callbacks, malicious=malicious,
                            client_side_clipping=dp is not None and dp.side == "client",
