@@ -28,18 +28,26 @@ TAMPER_PROBABILITY = 0.6  # reward sign flips: expected reward per step 1 - 2p <
 
 
 
-def _settings(quick: bool) -> dict:
-    """The chapter's budget. Quick: one seed, a few PPO iterations of 4 x 64 steps (the agents
-    barely learn: it shows the pipeline, not the effect sizes). Full: one seed at a budget where
-    PPO learns CartPole; ``benchmarks/rl_training.py`` runs five seeds at a larger one."""
+def _settings(quick: bool, benchmark: bool = False) -> dict:
+    """The chapter's budget. Quick: one seed, a few PPO iterations of 4 x 64 steps trained
+    eagerly (the agents barely learn: it shows the pipeline, not the effect sizes). Full: one
+    seed, 16 iterations of 8 x 128 steps per agent (about 3 minutes on an idle 2-core machine).
+    ``benchmark=True``: the budget of ``benchmarks/rl_training.py`` (24 iterations per agent,
+    run for five seeds)."""
     if quick:
         return {"seeds": 1, "num_envs": 4, "steps": 64, "iterations": 3, "num_epochs": 1,
                 "adversary_iterations": 1, "atla_warmup": 1, "atla_rounds": 1,
                 "atla_victim_iterations": 2, "atla_adversary_iterations": 1,
                 "episodes": 3, "max_steps": 100, "pgd_steps": 2, "director_steps": 3,
                 "compiled": False}
-    return {"seeds": 1, "num_envs": 8, "steps": 128, "iterations": 24, "num_epochs": 10,
-            "adversary_iterations": 8, "atla_warmup": 12, "atla_rounds": 3,
+    if benchmark:
+        return {"seeds": 5, "num_envs": 8, "steps": 128, "iterations": 24, "num_epochs": 10,
+                "adversary_iterations": 8, "atla_warmup": 12, "atla_rounds": 3,
+                "atla_victim_iterations": 4, "atla_adversary_iterations": 3,
+                "episodes": 10, "max_steps": 500, "pgd_steps": 5, "director_steps": 10,
+                "compiled": True}
+    return {"seeds": 1, "num_envs": 8, "steps": 128, "iterations": 16, "num_epochs": 10,
+            "adversary_iterations": 6, "atla_warmup": 8, "atla_rounds": 2,
             "atla_victim_iterations": 4, "atla_adversary_iterations": 3,
             "episodes": 10, "max_steps": 500, "pgd_steps": 5, "director_steps": 10,
             "compiled": True}
@@ -53,7 +61,7 @@ RECIPES = {
     "reward_tampering": ("reward", "PPO trained on reward sign flips"),
     "reward_guard": ("reward", "RewardGuard (known range + median/MAD repair)"),
     "dynamic_reward_shaping": ("reward",
-                               "DynamicRewardShaping (potential -|theta|/0.21 - |x|/2.4)"),
+                               "DynamicRewardShaping (potential -abs(theta)/0.21 - abs(x)/2.4)"),
     "sa_ppo": ("state", f"SA-PPO (sa_eps {STATE_EPS}, weight 0.1)"),
     "adversarial_collection": ("state", "adversarial collection (p 0.5, PGD-3 on the live actor)"),
     "atla": ("state", "ATLA (alternating training vs the learned adversary, p 0.5)"),
