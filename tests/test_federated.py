@@ -12,13 +12,7 @@ from keras_secure import federated as fl
 from keras_secure.poisoning import PatchTrigger
 
 
-def make_model():
-    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
-                              keras.layers.Dense(10)])
-    model.compile(keras.optimizers.Adam(0.05),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
-    return model
+from keras_secure.federated.digits_app import make_model  # noqa: E402  (softmax regression)
 
 
 @pytest.fixture(scope="module")

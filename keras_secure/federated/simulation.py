@@ -26,6 +26,15 @@ _BOOKKEEPING = ("num-examples", "unit-weight", "malicious", "malicious-clients",
                 "rejected-updates", "failed-clients", "aggregation-skipped")
 
 
+def _pair(value, name: str, what: str):
+    try:
+        first, second = value
+    except (TypeError, ValueError):
+        raise TypeError(f"`{name}` must be {what} or None. Received: "
+                        f"{type(value).__name__}") from None
+    return first, second
+
+
 class FederatedHistory:
     """Per-round results of a federation.
 
@@ -154,22 +163,14 @@ class FederatedServer:
         if test_data is not None:
             from keras_secure.classifier import as_classifier
 
-            try:
-                x, y = test_data
-            except (TypeError, ValueError):
-                raise TypeError("`test_data` must be an (x, y) pair or None. Received: "
-                                f"{type(test_data).__name__}") from None
+            x, y = _pair(test_data, "test_data", "an (x, y) pair")
             model = self._server_model()
             clf = as_classifier(model)
             x = clf.check_inputs(x, name="test_data x")
             y = clf.check_labels(y, n=x.shape[0], name="test_data y")
             self.test_data = (x, y)
             if backdoor is not None:
-                try:
-                    trigger, target = backdoor
-                except (TypeError, ValueError):
-                    raise TypeError("`backdoor` must be a (trigger, target) pair or None. "
-                                    f"Received: {type(backdoor).__name__}") from None
+                trigger, target = _pair(backdoor, "backdoor", "a (trigger, target) pair")
                 from keras_secure.poisoning.triggers import check_trigger
 
                 check_trigger(trigger).check(x.shape[1:])
