@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 
 from keras_secure import federated as fl
+from keras_secure.federated.digits_app import make_model  # softmax regression on the digits
 from keras_secure.poisoning import PatchTrigger
-
-
-from keras_secure.federated.digits_app import make_model  # noqa: E402  (softmax regression)
 
 
 @pytest.fixture(scope="module")
