@@ -8,12 +8,19 @@ Both DPSGD paths are measured: ``clipping="ghost"`` (per-example norms from one 
 pass) and ``clipping="vectorized"`` (whole-model per-example gradients). Goal (issue): <= 2x
 non-DP with ghost clipping on Dense/Conv nets, and >= 3x faster than TensorFlow Privacy.
 
-Run: ``cd benchmarks && ../.venv/bin/python privacy.py [--no-xla]``.
+The three fits of a model are interleaved over ``--rounds`` rounds (this shared machine's speed
+drifts by tens of percent within minutes); the table gives medians over the rounds and, in
+brackets, the range of the per-round ratios.
+
+Run: ``cd benchmarks && ../.venv/bin/python privacy.py [--no-xla] [--convnet-only]
+[--rounds 3]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -66,42 +73,63 @@ def mlp():
                              keras.layers.Dense(256, activation="relu"), keras.layers.Dense(10)])
 
 
-def measure(build, x, y, jit):
-    def timed(callbacks):
+def measure(build, x, y, jit, rounds):
+    """Median ms per step of a non-DP, a ghost and a vectorized DPSGD fit of the same model,
+    interleaved: ``rounds`` rounds of one fit each (epoch 1 of a fit, which traces the step,
+    is left out); returns the medians and each round's DP / non-DP ratios."""
+    def compiled():
         keras.utils.set_random_seed(0)
         model = build()
         model.compile(keras.optimizers.SGD(0.1),
                       keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       jit_compile=jit)
-        return fit_step_time(model, x, y, callbacks, epochs=8, batch=64)
+        return model
 
-    plain = timed([])
-    dp = {clipping: timed([ks.callbacks.DPSGD(1.0, 1.1, num_examples=len(x), batch_size=64,
-                                              delta=1e-5, sampling="shuffle",
-                                              clipping=clipping, seed=0)])
-          for clipping in ("ghost", "vectorized")}
-    return plain, dp
+    runs = {"plain": (compiled(), [])}
+    for clipping in ("ghost", "vectorized"):
+        runs[clipping] = (compiled(), [ks.callbacks.DPSGD(
+            1.0, 1.1, num_examples=len(x), batch_size=64, delta=1e-5, sampling="shuffle",
+            clipping=clipping, seed=0)])
+    times = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, (model, callbacks) in runs.items():
+            times[name].append(fit_step_time(model, x, y, callbacks, epochs=4, batch=64))
+    ratios = {name: sorted(t / p for t, p in zip(times[name], times["plain"]))
+              for name in ("ghost", "vectorized")}
+    return {name: statistics.median(t) for name, t in times.items()}, ratios
 
 
 def main():
-    xla_modes = (False,) if "--no-xla" in sys.argv else (False, True)
-    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores; batch 64\n")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-xla", action="store_true", help="skip the XLA rows")
+    parser.add_argument("--convnet-only", action="store_true",
+                        help="only the 32x32x3 ConvNet, without TensorFlow Privacy")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per model")
+    args = parser.parse_args()
+    xla_modes = (False,) if args.no_xla or args.convnet_only else (False, True)
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores; batch 64; "
+          f"{args.rounds} interleaved rounds of fit (non-DP, ghost, vectorized), epochs 2-4 "
+          "of each\n")
     x, y = ks.datasets.load_digits("all")
     rng = np.random.default_rng(0)
     xc, yc = rng.random((512, 32, 32, 3), dtype=np.float32), rng.integers(0, 10, 512)
-    print("| model | XLA | non-DP ms/step | ghost ms/step | ghost / non-DP | "
-          "vectorized ms/step | vectorized / non-DP |")
+    print("| model | XLA | non-DP ms/step | ghost ms/step | ghost / non-DP (rounds) | "
+          "vectorized ms/step | vectorized / non-DP (rounds) |")
     print("|---|---|---|---|---|---|---|")
-    for name, build, xs, ys in [("digits CNN", lambda: ks.models.small_cnn(seed=0), x, y),
-                                ("digits MLP (256-256)", mlp, x, y),
-                                ("32x32x3 ConvNet", lambda: ks.models.small_cnn((32, 32, 3),
-                                                                               seed=0), xc, yc)]:
+    models = [("digits CNN", lambda: ks.models.small_cnn(seed=0), x, y),
+              ("digits MLP (256-256)", mlp, x, y),
+              ("32x32x3 ConvNet", lambda: ks.models.small_cnn((32, 32, 3), seed=0), xc, yc)]
+    for name, build, xs, ys in models[-1:] if args.convnet_only else models:
         for jit in xla_modes:
-            plain, dp = measure(build, xs, ys, jit)
-            print(f"| {name} | {'yes' if jit else 'no'} | {1000 * plain:.1f} | "
-                  f"{1000 * dp['ghost']:.1f} | {dp['ghost'] / plain:.2f} | "
-                  f"{1000 * dp['vectorized']:.1f} | {dp['vectorized'] / plain:.2f} |",
+            ms, ratios = measure(build, xs, ys, jit, args.rounds)
+            spread = {k: f"{r[0]:.2f}-{r[-1]:.2f}" for k, r in ratios.items()}
+            print(f"| {name} | {'yes' if jit else 'no'} | {1000 * ms['plain']:.1f} | "
+                  f"{1000 * ms['ghost']:.1f} | {ms['ghost'] / ms['plain']:.2f} "
+                  f"({spread['ghost']}) | {1000 * ms['vectorized']:.1f} | "
+                  f"{ms['vectorized'] / ms['plain']:.2f} ({spread['vectorized']}) |",
                   flush=True)
+    if args.convnet_only:
+        return
     result = subprocess.run([sys.executable, "-c", TF_PRIVACY], capture_output=True, text=True,
                             env={**os.environ, "TF_USE_LEGACY_KERAS": "1"}, timeout=1800)
     line = next((ln for ln in result.stdout.splitlines() if ln.startswith("TFP ")), None)

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 import keras_secure as ks
-from keras_secure.layers.smoothing import standard_normal
+from keras_secure.privacy.noise import standard_normal
 
 N = 400_000
 
