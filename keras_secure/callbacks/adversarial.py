@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from keras_secure.attacks.base import Attack, objective_and_gradient, project_and_clip
 from keras_secure.classifier import as_classifier
+from keras_secure.distributed import replica_attack
 from keras_secure.training.hook import Stage, StageCallback
 from keras_secure.training.losses import kl_adversary, kl_divergence
 from keras_secure.validation import check_choice, check_number
@@ -59,7 +60,8 @@ class _AdversarialStage(Stage):
         if self.mode == "fast":
             x_adv = self._fast_example(x, labels)
         else:
-            x_adv = tf.stop_gradient(self.attack.perturb(self._logits_fn, x, labels))
+            x_adv = tf.stop_gradient(
+                replica_attack(self.attack).perturb(self._logits_fn, x, labels))
         if self.mode == "madry":
             return x_adv, y, sample_weight
         # mixed: both halves, weighted (1 - ratio) and ratio; with Keras' mean over the doubled
@@ -76,7 +78,7 @@ class _AdversarialStage(Stage):
 
     def _fast_example(self, x, labels):
         # Wong, Rice & Kolter (2020): uniform start in the ball, one FGSM step of 1.25 eps.
-        a = self.attack
+        a = replica_attack(self.attack)  # under tf.distribute: one random stream per replica
         delta = keras.random.uniform(tf.shape(x), -1.0, 1.0, seed=a._seed_generator) * self.eps_var
         x0 = project_and_clip(x + delta, x, self.eps_var, "linf", a.value_range)
         _, grad, _ = objective_and_gradient(self._logits_fn, x0, labels, "ce", False)
@@ -85,7 +87,7 @@ class _AdversarialStage(Stage):
 
     def _trades_example(self, x):
         # Zhang et al. (2019): maximise KL(f(x) || f(x')) from x + 0.001 N(0, 1).
-        a = self.attack
+        a = replica_attack(self.attack)
         step = a.step_size if getattr(a, "step_size", None) else 2.5 * self.eps_var / a.steps
         return kl_adversary(self._logits_fn, x, self.eps_var, a.steps, step, a.norm,
                             a.value_range, a._seed_generator)

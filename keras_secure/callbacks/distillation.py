@@ -25,8 +25,10 @@ class _DistillationStage(Stage):
         # Keras' KLDivergence weighted per example like the compiled loss (mean of w * KL over
         # the batch). keras.distillation.LogitsDistillation cannot take sample weights: it
         # ignored class/sample weights and the clean/adversarial weights of
-        # AdversarialTraining(mode="mixed").
-        self.kl = keras.losses.KLDivergence()
+        # AdversarialTraining(mode="mixed"). Per example (reduction=None), averaged here: a
+        # Keras Loss reduced by itself under tf.distribute is already divided by the number of
+        # replicas, and the hook divides stage terms by it once more.
+        self.kl = keras.losses.KLDivergence(reduction=None)
         self._model = None
 
     def check_model(self, model):
@@ -49,8 +51,14 @@ class _DistillationStage(Stage):
         t = self.temperature
         teacher_logits = tf.stop_gradient(as_classifier(self.teacher).logits(x))
         student_logp = as_classifier(self._model).log_probabilities(y_pred, temperature=t)
-        soft = self.kl(tf.nn.softmax(teacher_logits / t), tf.exp(student_logp),
-                       sample_weight=sample_weight) * (t * t)
+        per_example = self.kl(tf.nn.softmax(teacher_logits / t), tf.exp(student_logp))
+        if sample_weight is not None:
+            per_example = per_example * tf.cast(tf.reshape(sample_weight, [-1]),
+                                                per_example.dtype)
+        # the mean of w * KL over the batch (Keras's "sum_over_batch_size"), times T^2
+        soft = tf.math.divide_no_nan(
+            tf.reduce_sum(per_example),
+            tf.cast(tf.shape(per_example)[0], per_example.dtype)) * (t * t)
         self.record("distillation_loss", soft)
         if y is None:  # no labels: the soft targets are the whole loss
             return soft

@@ -188,8 +188,9 @@ class _DPStage(Stage):
 
         summed, y_pred, losses = tf.cond(n > 0, nonempty, empty)
         # Under tf.distribute each replica clips its own examples and Keras sums the replicas'
-        # updates, so the noise is drawn on the first replica only (once per global batch) and
-        # every replica divides by the global (expected) batch size.
+        # updates, so the noise is drawn on the first replica only (once per global batch; the
+        # replica id is global across the workers of a MultiWorkerMirroredStrategy) and every
+        # replica divides by the global (expected) batch size.
         context = tf.distribute.get_replica_context()
         distributed = context is not None and context.num_replicas_in_sync > 1
         once = (tf.cast(tf.equal(context.replica_id_in_sync_group, 0), tf.float32)
@@ -278,9 +279,13 @@ class DPSGD(StageCallback):
     size, like every Poisson step) and adds nothing to the ``loss``, metric and
     ``clipped_fraction`` logs (weight 0; an epoch whose batches were all empty logs 0).
 
-    Under ``tf.distribute`` (e.g. ``MirroredStrategy``) each replica clips its own examples and
-    the noise is drawn once per global batch (on the first replica), so the update has the same
-    distribution as on one device.
+    Under ``tf.distribute`` (``MirroredStrategy``, and ``MultiWorkerMirroredStrategy`` after
+    :func:`keras_secure.distributed.prepare_model`) each replica clips its own examples, the
+    optimizer sums the replicas' clipped sums, the noise is drawn once per global batch (on the
+    first replica of the first worker) and the sum is divided by the global (expected) batch
+    size; ``batch_size`` and ``num_examples`` are the global ones, and epsilon counts global
+    steps. The update therefore has the same distribution as on one device (tested on two
+    logical CPUs and on a two-worker loopback cluster, docs/training.md).
 
     Not supported (refused with a clear error): BatchNormalization (it mixes examples; never
     supportable) and mixed-precision loss scaling.

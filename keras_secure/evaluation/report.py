@@ -14,6 +14,7 @@ from typing import Sequence
 import keras
 import numpy as np
 
+from keras_secure import distributed
 from keras_secure.attacks.base import Attack
 from keras_secure.classifier import as_arrays, as_classifier
 from keras_secure.validation import check_bool, check_choice, check_number
@@ -475,6 +476,7 @@ def evaluate_robustness(
     surrogate=None,
     diagnostics: bool = True,
     diagnostic_examples: int = 100,
+    strategy=None,
 ) -> RobustnessReport:
     """Measure a classifier's accuracy under attack, per attack and in the worst case of each
     threat model, with gradient-masking diagnostics.
@@ -538,6 +540,14 @@ def evaluate_robustness(
         diagnostics: compute the gradient-masking flags. Defaults to True.
         diagnostic_examples: examples the diagnostics' extra attacks run on, >= 1. Defaults
             to 100.
+        strategy: a ``tf.distribute.Strategy`` whose replicas share the attack batches
+            (``MirroredStrategy`` over several devices, ``MultiWorkerMirroredStrategy``), or
+            None for the strategy of the enclosing scope (one device outside any). Every
+            attack runs on units of ``batch_size`` examples (at most the attack's own
+            ``batch_size``), one unit per replica at a time through ``strategy.run``; each unit
+            draws its randomness from seeds derived from the attack's seed and the unit's index,
+            so the report is identical for any number of replicas, one included. Predictions
+            and the diagnostics run on one device. Defaults to None.
 
     Returns:
         A :class:`RobustnessReport`.
@@ -548,7 +558,11 @@ def evaluate_robustness(
             ``value_range``, minimal-norm attacks (C&W, DeepFool, FAB) on a model with
             randomized layers, NaN / inf inputs, labels that are not class labels of the model,
             mismatched ``x``/``y``, a bad ``batch_size``, both or neither of ``attacks`` and
-            ``suite``, or a suite without ``eps`` / ``value_range``.
+            ``suite``, or a suite without ``eps`` / ``value_range``; with a ``strategy`` of
+            several replicas, a model with randomized layers or an attack with its own
+            ``__call__`` (e.g. ``explain.AdaptivePGD``), and an unsupported strategy
+            (``ParameterServerStrategy``, ``TPUStrategy``).
+        TypeError: also for a ``strategy`` that is not a ``tf.distribute.Strategy``.
 
     Example:
         >>> from keras_secure import attacks
@@ -577,6 +591,7 @@ def evaluate_robustness(
     diagnostic_examples = check_number("diagnostic_examples", diagnostic_examples, low=1,
                                        integer=True)
     seed = check_number("seed", seed, integer=True, allow_none=True)
+    strategy = distributed.check_strategy(strategy)
     if suite is None:
         unused = [(name, value) for name, value in (("eps", eps), ("value_range", value_range))
                   if value is not None and value is not _UNSET]
@@ -640,6 +655,8 @@ def evaluate_robustness(
                 "ran (APGD-CE and APGD-DLR with EOT over 20 draws) instead of "
                 f"{suite!r}.", *notes]
     check_attacks(attacks, clf)
+    if strategy.num_replicas_in_sync > 1:
+        _check_distributable(attacks, clf, strategy)
     for attack in attacks:  # every mistake (value range, target classes, ...) before any work
         attack.check_data(clf, x, y)
     description = clf.describe()
@@ -657,6 +674,7 @@ def evaluate_robustness(
             description["warnings"] = [message]
     cascade = suite is not None
     n = x.shape[0]
+    y_attack = np.asarray(y, np.int32)
     clean_pred = clf.predict_labels(x, batch_size)
     clean_correct = clean_pred == y
     clean_acc = float(clean_correct.mean())
@@ -676,16 +694,24 @@ def evaluate_robustness(
                   flush=True, end="\n" if verbose == 1 else " ...")
         bar = keras.utils.Progbar(todo.size, unit_name="example") if verbose == 1 else None
         start = time.perf_counter()
-        parts = []
-        for i in range(0, todo.size, batch_size):
-            chunk = todo[i:i + batch_size]
-            parts.append(np.asarray(attack(clf, x[chunk], y[chunk])))
-            if bar is not None:
-                bar.update(min(todo.size, i + batch_size))
         x_adv = x.astype(np.float32, copy=True)
         adv_pred = clean_pred.copy()
-        if todo.size:
+        if todo.size and distributed.overrides_call(attack):  # its own __call__: one device
+            parts = []
+            for i in range(0, todo.size, batch_size):
+                chunk = todo[i:i + batch_size]
+                parts.append(np.asarray(attack(clf, x[chunk], y[chunk])))
+                if bar is not None:
+                    bar.update(min(todo.size, i + batch_size))
             x_adv[todo] = np.concatenate(parts)
+        elif todo.size:
+            # units of `batch_size` (at most the attack's own), one per replica at a time,
+            # each seeded by its index: the same figures for any number of replicas
+            unit = min(batch_size, attack.batch_size or batch_size)
+            x_adv[todo] = distributed.attack_units(
+                attack, clf, x_adv[todo], y_attack[todo], unit, strategy,
+                progress=None if bar is None else bar.update)
+        if todo.size:
             adv_pred[todo] = clf.predict_labels(x_adv[todo], batch_size)
         seconds = time.perf_counter() - start
         ran_mask = np.zeros(n, bool)
@@ -750,6 +776,27 @@ def evaluate_robustness(
                             predictions=predictions if keep_adversarial else {},
                             diagnostics=[f.to_dict() for f in flags] if diagnostics else None,
                             suite=suite_info)
+
+
+def _check_distributable(attacks, clf, strategy) -> None:
+    """Refuse, before any work, what cannot be split across ``strategy``'s replicas with the
+    single-device figures."""
+    own = [a.label for a in attacks if distributed.overrides_call(a)]
+    if own:
+        raise ValueError(
+            f"`strategy` splits attack batches across replicas, but the attacks {own} run "
+            "their own __call__ (outside the shared attack loop), which cannot be split. "
+            "Evaluate them without a strategy. "
+            f"Received: strategy={type(strategy).__name__} with "
+            f"{strategy.num_replicas_in_sync} replicas")
+    if clf.randomized:
+        layers = sorted({type(layer).__name__ for layer, _ in clf.adaptive_layers})
+        raise ValueError(
+            f"`strategy` cannot evaluate a model with randomized layers ({', '.join(layers)}): "
+            "their random draws come from one generator that the replicas would share, so the "
+            "figures would depend on the number of replicas and on timing. Evaluate it without "
+            f"a strategy. Received: strategy={type(strategy).__name__} with "
+            f"{strategy.num_replicas_in_sync} replicas")
 
 
 def _with_flags(row: AttackResult, flags) -> AttackResult:
