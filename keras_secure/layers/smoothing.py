@@ -285,11 +285,11 @@ class RandomizedSmoothing(keras.layers.Layer):
         bar = keras.utils.Progbar(n, verbose=verbose, unit_name="example") if verbose else None
         out = []
         for i in range(0, n, group):
-            counts = self._counts_fn(x[i:i + group], tf.constant(num), tf.constant(per_pass))
-            out.append(np.rint(counts.numpy()).astype(np.int64))
-            if bar is not None:
+            out.append(self._counts_fn(x[i:i + group], tf.constant(num), tf.constant(per_pass)))
+            if bar is not None:  # the bar waits for each group; otherwise one wait at the end
+                out[-1] = out[-1].numpy()
                 bar.update(min(n, i + group))
-        return np.concatenate(out)
+        return np.rint(np.concatenate([np.asarray(c) for c in out])).astype(np.int64)
 
     def predict_with_abstain(self, x, n: int = 100, alpha: float = 0.001,
                              batch_size: int = 1000, verbose=0) -> np.ndarray:
