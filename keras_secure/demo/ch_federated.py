@@ -35,7 +35,7 @@ def make_model():
 
 def settings(quick: bool) -> dict:
     """The experiment's budget: rounds, attack rounds, aggregators, DP noise levels."""
-    rounds = 4 if quick else 10
+    rounds = 3 if quick else 10
     return {"rounds": rounds,
             # Bagdasaryan et al. attack a model that has (nearly) converged
             "attack_rounds": [rounds] if quick else [6, 8, 10],

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import random
 import time
 import uuid
 from typing import Callable, Mapping, Sequence
@@ -212,9 +211,10 @@ class FederatedServer:
         """Run the federation on a Flower ``Grid`` and return its history."""
         from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 
-        if self.seed is not None:
-            random.seed(self.seed)
-            np.random.seed(self.seed % (2 ** 32))
+        if self.seed is not None:  # Python, NumPy (Flower's sampling and DP noise), TF
+            import keras
+
+            keras.utils.set_random_seed(self.seed)
         self._server_model()
         initial = ArrayRecord(numpy_ndarrays=self._initial)
         evaluations = {}
