@@ -1,5 +1,5 @@
-"""Robust PPO on CartPole with TF-Agents: three agents, each evaluated clean and under a PGD
-attack on its own actor network.
+"""Robust PPO on CartPole with TF-Agents: three agents, each evaluated clean, under a PGD attack
+on its own actor network, and under a learned adversary trained against it.
 
 - plain PPO (``PPOClipAgent``);
 - PPO trained on adversarially perturbed observations: half the collection steps are attacked
@@ -9,12 +9,15 @@ attack on its own actor network.
 Discrete-action PPO needs keras_secure's ``categorical_projection_net`` (TF-Agents' own fails
 under NumPy 2). The evaluation uses keras_secure's TF-Agents metrics as driver observers:
 ``RewardRetentionMetric`` on the attacked environment and ``PolicyDeviationMetric`` on the
-clean one.
+clean one. The learned adversary (Zhang et al. 2021; Sun et al. 2022's PA-AD director) is a
+PPO agent trained with ``keras_secure.rl.ppo.train_adversary`` to minimise the victim's return,
+then run as the ``LearnedAdversaryObservation`` wrapper in front of the TF-Agents environment.
 
 TF-Agents agents need Keras 2 (tf-keras), so this script sets ``TF_USE_LEGACY_KERAS=1`` itself,
 first thing, before TensorFlow is imported.
 
 Run: .venv/bin/python examples/robust_ppo.py [--iterations 15] [--episodes 10]
+[--adversary-iterations 8]
 """
 
 import os
@@ -34,7 +37,8 @@ from tf_agents.replay_buffers import tf_uniform_replay_buffer  # noqa: E402
 from tf_agents.utils import common  # noqa: E402
 
 from keras_secure import attacks  # noqa: E402
-from keras_secure.rl import AdversarialObservation  # noqa: E402
+from keras_secure.rl import AdversarialObservation, LearnedAdversaryObservation  # noqa: E402
+from keras_secure.rl import ppo  # noqa: E402
 from keras_secure.rl.robust import (  # noqa: E402
     SAPPOAgent,
     adversarial_collection_env,
@@ -52,6 +56,9 @@ ENV_ID, EPS = "CartPole-v1", 0.1
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--iterations", type=int, default=15, help="PPO iterations (8 episodes each)")
 parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes")
+parser.add_argument("--adversary-iterations", type=int, default=None,
+                    help="PPO iterations (8 x 128 steps) of each learned adversary "
+                         "(default: min(8, --iterations))")
 args = parser.parse_args()
 tf.get_logger().setLevel("ERROR")  # a new driver per evaluation: TF's retracing notices
 
@@ -118,13 +125,23 @@ for kind in ("PPO", "PPO + adversarial collection", "SA-PPO"):
     retention = RewardRetentionMetric(clean_return, buffer_size=args.episodes)
     attacked = AdversarialObservation(gym.make(ENV_ID), scores, pgd)
     run_episodes(to_tf_agents(attacked, seed=100), agent.policy, [retention], args.episodes)
+    adversary, perturber = ppo.make_adversary(gym.make(ENV_ID), scores, EPS, seed=1)
+    rollout = ppo.VectorRollout(lambda: gym.make(ENV_ID), 8, seed=1)
+    ppo.train_adversary(adversary, perturber, rollout,
+                        args.adversary_iterations or min(8, args.iterations))
+    rollout.close()
+    learned = tf_metrics.AverageReturnMetric(buffer_size=args.episodes)
+    learned_env = LearnedAdversaryObservation(gym.make(ENV_ID), scores,
+                                              ppo.greedy_action_fn(adversary), EPS)
+    run_episodes(to_tf_agents(learned_env, seed=100), agent.policy, [learned], args.episodes)
     rows.append((kind, clean_return, float(retention.result()) * clean_return,
-                 float(retention.result()), float(deviation.result())))
+                 float(retention.result()), float(deviation.result()), float(learned.result())))
 
 print(f"CartPole-v1, {args.iterations} PPO iterations, {args.episodes} evaluation episodes, "
-      f"PGD-5 L-inf eps {EPS} on each agent's own actor")
-print("| agent | clean return | return under PGD | reward retention | policy deviation |")
-print("|---|---|---|---|---|")
-for kind, clean_return, attacked_return, retained, deviated in rows:
+      f"PGD-5 L-inf eps {EPS} on each agent's own actor; learned adversary in the same ball")
+print("| agent | clean return | return under PGD | reward retention | policy deviation | "
+      "return under the learned adversary |")
+print("|---|---|---|---|---|---|")
+for kind, clean_return, attacked_return, retained, deviated, learned_return in rows:
     print(f"| {kind} | {clean_return:.1f} | {attacked_return:.1f} | {100 * retained:.1f}% | "
-          f"{100 * deviated:.1f}% |")
+          f"{100 * deviated:.1f}% | {learned_return:.1f} |")
