@@ -13,6 +13,7 @@ import keras
 import tensorflow as tf
 
 from keras_secure.classifier import as_classifier, labels_from_logits
+from keras_secure.distributed import replica_generator
 from keras_secure.training.hook import Stage, StageCallback, hook_of, stage_name
 from keras_secure.validation import check_bool, check_choice, check_number
 
@@ -221,8 +222,9 @@ class _PolicyGradientStage(Stage):
         weights = (tf.ones([n]) if sample_weight is None
                    else tf.cast(tf.reshape(sample_weight, [-1]), tf.float32))
         epsilon = self.epsilon_at(self.step)
+        # under tf.distribute, one random stream per replica (identical draws otherwise)
         actions = epsilon_greedy_actions(tf.stop_gradient(log_probs), epsilon,
-                                         self.seed_generator, self.exploit)
+                                         replica_generator(self.seed_generator), self.exploit)
         rewards = rewards_of(actions, labels, self.wrong_reward)
         baseline = self._baseline(rewards, weights)
         advantages = rewards - baseline
