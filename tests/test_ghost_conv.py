@@ -113,12 +113,15 @@ def test_mixed_rule_picks_the_cheaper_regime():
     wide.build((None, 32, 32, 3))
     deep = C.Conv2D(512, 3, padding="same")
     deep.build((None, 4, 4, 512))
-    # 32x32 output (T = 1024) and a 27 x 8 kernel: per-example gradients are far cheaper than
+    # 32x32 output (T = 1024) and a 27 x 8 kernel: per-example gradients are far smaller than
     # the T x T Gram matrices; 4x4 output (T = 16), 4608 x 512 kernel: the ghost norm is
     assert ghost._explicit("conv", wide, 1024, 27, 8)
     assert not ghost._explicit("conv", deep, 16, 4608, 512)
     dense = C.Dense(4)
     assert not ghost._explicit("dense", dense, 1, 100, 4)  # a vector input: rank-one norm
+    # the digits CNN's strided convolution: T = 16, 2 T^2 = 512 < 3*3*32*64 = 18432
+    assert not ghost._explicit("conv", wide, 16, 288, 64)
+    assert ghost._explicit("dense", dense, 10, 10, 10)  # 2 T^2 = 200 >= 100
     assert ghost._explicit("dense", dense, None, 100, 4)  # unknown T: bounded memory
 
 
