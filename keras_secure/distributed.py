@@ -357,7 +357,10 @@ class _ReplicaAttacks:
         self.strategy_ref = weakref.ref(strategy)
         # a partial of module functions, not closures: TensorFlow counts retracing per code
         # object, and every attack's closure would share one
-        self.step = tf.function(functools.partial(_step, self, weakref.ref(clf)))
+        # reduce_retracing: unit sizes vary between calls (balanced units, a suite's
+        # shrinking sets of examples); after a second size the batch dimension is left open
+        self.step = tf.function(functools.partial(_step, self, weakref.ref(clf)),
+                                reduce_retracing=True)
 
 
 def _replica_step(runner, clf_ref, x, y, seeds):
@@ -405,9 +408,10 @@ def attack_units(attack, clf, x: np.ndarray, y: np.ndarray, unit: int, strategy,
                  progress=None) -> np.ndarray:
     """Attack ``x`` in units of ``unit`` examples, one unit per replica at a time.
 
-    Each unit's randomness comes from seeds derived from the attack's generator state and the
-    unit's index (:func:`_unit_seeds`); the last unit is padded with copies of its first
-    example, and a step with fewer units than replicas gives the idle replicas a copy of the
+    The ``n`` examples are cut into ``ceil(n / unit)`` units of equal size (at most ``unit``;
+    the sizes depend on ``n`` and ``unit`` only). Each unit's randomness comes from seeds
+    derived from the attack's generator state and the unit's index (:func:`_unit_seeds`); the
+    last unit is padded with copies of its first example, and a step with fewer units than replicas gives the idle replicas a copy of the
     last unit (both discarded). The result is therefore the same for any number of replicas,
     one included. The attack's own generators are not advanced.
 
@@ -433,6 +437,7 @@ def attack_units(attack, clf, x: np.ndarray, y: np.ndarray, unit: int, strategy,
     runner = _runner(attack, clf, strategy, x.shape[1:])
     replicas = runner.replicas
     count = -(-n // unit)
+    unit = -(-n // count)  # balanced: the last unit is padded by fewer than `count` examples
     seeds = _unit_seeds(attack, count)
     for first in range(0, count, replicas):
         units = list(range(first, min(first + replicas, count)))

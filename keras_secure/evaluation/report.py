@@ -543,8 +543,9 @@ def evaluate_robustness(
         strategy: a ``tf.distribute.Strategy`` whose replicas share the attack batches
             (``MirroredStrategy`` over several devices, ``MultiWorkerMirroredStrategy``), or
             None for the strategy of the enclosing scope (one device outside any). Every
-            attack runs on units of ``batch_size`` examples (at most the attack's own
-            ``batch_size``), one unit per replica at a time through ``strategy.run``; each unit
+            attack runs on equal units of at most ``batch_size`` examples (and at most the
+            attack's own ``batch_size``), one unit per replica at a time through
+            ``strategy.run``; each unit
             draws its randomness from seeds derived from the attack's seed and the unit's index,
             so the report is identical for any number of replicas, one included. Predictions
             and the diagnostics run on one device. Defaults to None.
@@ -572,6 +573,9 @@ def evaluate_robustness(
         >>> report = evaluate_robustness(model, x_test, y_test, suite="standard", eps=0.3,
         ...                              value_range=(0, 1))
         >>> report.masking_suspected
+        >>> # the attack batches shared by two devices: the same report
+        >>> report = evaluate_robustness(model, x_test, y_test, suite="standard", eps=0.3,
+        ...     value_range=(0, 1), strategy=tf.distribute.MirroredStrategy())
 
     References:
         Carlini et al. (2019), "On Evaluating Adversarial Robustness" (worst case over a diverse
@@ -705,8 +709,8 @@ def evaluate_robustness(
                     bar.update(min(todo.size, i + batch_size))
             x_adv[todo] = np.concatenate(parts)
         elif todo.size:
-            # units of `batch_size` (at most the attack's own), one per replica at a time,
-            # each seeded by its index: the same figures for any number of replicas
+            # units of at most `batch_size` (and the attack's own), one per replica at a
+            # time, each seeded by its index: the same figures for any number of replicas
             unit = min(batch_size, attack.batch_size or batch_size)
             x_adv[todo] = distributed.attack_units(
                 attack, clf, x_adv[todo], y_attack[todo], unit, strategy,
