@@ -390,3 +390,124 @@ def test_a_node_can_hold_only_its_own_partition(data):
     assert metrics["num-examples"] == 50 and len(local) == len(weights)
     with pytest.raises(ValueError, match="keys 0..n-1"):
         fl.simulate(make_model, {3: (x[:50], y[:50])}, num_rounds=1)
+
+
+# -- found by a new user's trial ---------------------------------------------------------------------
+
+def test_all_to_all_backdoor_is_measured_as_all_to_all(data):
+    from keras_secure.poisoning import attack_success_rate
+
+    x, y, xt, yt = data
+    trigger = PatchTrigger(2)
+    parts = fl.iid_partition(x[:300], y[:300], 2, seed=0)
+    malicious = {0: fl.Backdoor(trigger, mode="all_to_all", fraction=0.5)}
+    history = fl.simulate(make_model, parts, num_rounds=1, epochs=5, test_data=(xt, yt),
+                          malicious=malicious, verbose=0)
+    model = make_model()
+    model.set_weights(history.weights)
+    expected = attack_success_rate(model, xt, yt, trigger, mode="all_to_all")
+    assert history.final["backdoor_success"] == pytest.approx(expected, abs=1e-12)
+    assert history.config["malicious"] == {"0": "backdoor (all-to-all)"}
+
+
+def test_integer_weights_keep_their_dtype_and_the_model_keeps_learning(data):
+    x, y, xt, yt = data
+    flat = x.reshape(len(x), -1)
+
+    def normalized_model():
+        norm = keras.layers.Normalization()
+        norm.adapt(flat[:100])  # its `count` weight is int64
+        model = keras.Sequential([keras.Input((64,)), norm, keras.layers.Dense(10)])
+        model.compile(keras.optimizers.Adam(0.05),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return model
+
+    parts = fl.iid_partition(flat, y, 3, seed=0)
+    history = fl.simulate(normalized_model, parts, num_rounds=3,
+                          test_data=(xt.reshape(len(xt), -1), yt), verbose=0)
+    assert history.column("rejected_updates") == [0, 0, 0, 0]
+    acc = history.column("accuracy")
+    assert acc[3] > acc[1]
+    dtypes = [np.asarray(w).dtype for w in history.weights]
+    assert dtypes == [np.asarray(w).dtype for w in normalized_model().get_weights()]
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_dp_with_a_rejected_or_zero_update_runs(data, side):
+    x, y, xt, yt = data
+    parts = fl.iid_partition(x[:300], y[:300], 3, seed=0)
+    dp = fl.UserLevelDP(1.0, 0.5, side=side)
+    corrupt = fl.simulate(make_model, parts, num_rounds=1, dp=dp, test_data=(xt, yt),
+                          malicious={0: fl.CorruptUpdate("nan")}, verbose=0)
+    assert corrupt.final["rejected_updates"] == 1
+    zero = fl.simulate(make_model, parts, num_rounds=1, dp=dp, test_data=(xt, yt),
+                       malicious={0: fl.ScaledUpdate(0.0)}, verbose=0)
+    assert np.isfinite(zero.final["accuracy"])
+
+
+def test_client_side_dp_catches_a_malicious_client_that_does_not_clip(data):
+    x, y, xt, yt = data
+    parts = fl.iid_partition(x[:300], y[:300], 3, seed=0)
+    history = fl.simulate(make_model, parts, num_rounds=1, test_data=(xt, yt), verbose=0,
+                          dp=fl.UserLevelDP(1.0, 0.5, side="client"),
+                          malicious={0: fl.ScaledUpdate(50.0)})
+    assert history.final["rejected_updates"] == 1
+    assert "above the clipping norm" in history.rejections[0]["rejected"][0][1]
+
+
+def test_dropout_model_is_deterministic(data):
+    x, y, xt, yt = data
+
+    def dropout_model():
+        model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                                  keras.layers.Dense(32, activation="relu"),
+                                  keras.layers.Dropout(0.5), keras.layers.Dense(10)])
+        model.compile(keras.optimizers.Adam(0.01),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return model
+
+    parts = fl.iid_partition(x[:300], y[:300], 3, seed=0)
+    runs = [fl.simulate(dropout_model, parts, num_rounds=2, test_data=(xt, yt), verbose=0,
+                        seed=5) for _ in range(2)]
+    assert runs[0].column("accuracy") == runs[1].column("accuracy")
+    assert runs[0].column("client_loss") == runs[1].column("client_loss")
+
+
+def test_more_user_mistakes_get_clear_errors(data):
+    x, y, xt, yt = data
+    parts = fl.iid_partition(x[:100], y[:100], 2, seed=0)
+    with pytest.raises(TypeError, match="`malicious` must be a dict"):
+        fl.simulate(make_model, parts, num_rounds=1, malicious=[fl.SignFlip()])
+    onehot = [(p.x, np.eye(10, dtype="float32")[p.y]) for p in parts]
+    with pytest.raises(ValueError, match=r"cannot take `partitions\[0\]`'s labels"):
+        fl.simulate(make_model, onehot, num_rounds=1)
+    with pytest.raises(ValueError, match="would never attack"):
+        fl.simulate(make_model, parts, num_rounds=1, malicious={0: fl.SignFlip(rounds=[5])})
+    with pytest.raises(ValueError, match="`test_data x` and `test_data y`"):
+        fl.simulate(make_model, parts, num_rounds=1, test_data=(xt, yt[:-1]))
+    with pytest.raises(ValueError, match=r"\(`num_classes`=5\)"):
+        fl.dirichlet_partition(x[:100], y[:100], 2, alpha=1.0, num_classes=5)
+    history = fl.simulate(make_model, parts, num_rounds=1, malicious={0: fl.SignFlip()},
+                          verbose=0)
+    assert any("FedAvg has no defence" in note for note in history.notes)
+
+
+def test_client_accuracy_reads_any_accuracy_metric():
+    from sklearn.datasets import load_breast_cancer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x = ((x - x.mean(0)) / x.std(0)).astype("float32")
+
+    def binary_model():
+        model = keras.Sequential([keras.Input((30,)), keras.layers.Dense(1,
+                                                                         activation="sigmoid")])
+        model.compile(keras.optimizers.Adam(0.05), "binary_crossentropy",
+                      metrics=[keras.metrics.BinaryAccuracy()])
+        return model
+
+    parts = fl.iid_partition(x[:400], y[:400], 2, seed=0)
+    history = fl.simulate(binary_model, parts, num_rounds=1, test_data=(x[400:], y[400:]),
+                          verbose=0)
+    assert history.final["client_accuracy"] == history.final["client_metrics"][
+        "binary_accuracy"]
+    assert history.final["accuracy"] > 0.8

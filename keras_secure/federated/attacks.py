@@ -168,7 +168,8 @@ class Backdoor(MaliciousBehaviour):
                 "fraction": self.fraction, "mode": self.mode, **super().get_config()}
 
     def describe(self):
-        return f"backdoor -> {self.target}"
+        return ("backdoor (all-to-all)" if self.mode == "all_to_all"
+                else f"backdoor -> {self.target}")
 
 
 class ScaledUpdate(MaliciousBehaviour):
@@ -253,7 +254,8 @@ class ModelReplacement(Backdoor):
         return {**super().get_config(), "boost": self.boost}
 
     def describe(self):
-        return f"model replacement -> {self.target}"
+        return "model replacement " + ("(all-to-all)" if self.mode == "all_to_all"
+                                       else f"-> {self.target}")
 
 
 class CorruptUpdate(MaliciousBehaviour):

@@ -165,6 +165,7 @@ class KerasClients:
                     expected is not None and len(expected) != x.ndim - 1):
                 raise ValueError(f"`partitions[{i}].x` has examples of shape {x.shape[1:]}, "
                                  f"the model takes {expected}.")
+            _check_loss(model, x, y, f"partitions[{i}]")
             indices = getattr(part, "indices", np.arange(x.shape[0]))
             parts[i] = Partition(x, np.asarray(y), indices)
         self.partitions = parts
@@ -176,6 +177,9 @@ class KerasClients:
                             "callbacks (fresh callbacks each round). Received: "
                             f"{type(callbacks).__name__}")
         self.callbacks = callbacks
+        if malicious is not None and not isinstance(malicious, Mapping):
+            raise TypeError("`malicious` must be a dict {client_id: behaviour}, e.g. "
+                            "{0: SignFlip()}. Received: " + type(malicious).__name__)
         malicious = dict(malicious or {})
         for cid, behaviour in malicious.items():
             if isinstance(cid, bool) or not isinstance(cid, (int, np.integer)) or \
@@ -245,7 +249,7 @@ class KerasClients:
             var.assign(value)
         seed = self._client_seed(server_round, client_id)
         if seed is not None:
-            _reseed(model, seed)
+            _reseed(model, seed, self.seed)
         x, y = self.local_data(client_id, server_round)
         callbacks = list(self.callbacks(client_id)) if self.callbacks else []
         dp = [c for c in callbacks if isinstance(c, DPSGD)]
@@ -255,7 +259,7 @@ class KerasClients:
             from keras_secure.privacy import poisson_batches
 
             data, steps = poisson_batches(x, y, dp[0].batch_size, seed=seed)
-            history = model.fit(data, steps_per_epoch=steps, **fit_kwargs)
+            history = model.fit(data, steps_per_epoch=steps, shuffle=False, **fit_kwargs)
         elif dp:  # arrays: DPSGD checks that fit trains on its declared examples and batches
             history = model.fit(x, y, batch_size=self.batch_size, shuffle=True, **fit_kwargs)
         else:  # a plain shuffled dataset: 4x less per-call overhead than fit's array adapter
@@ -274,9 +278,8 @@ class KerasClients:
                                             seed=seed)
         metrics = {NUM_EXAMPLES_KEY: int(len(x)), UNIT_WEIGHT_KEY: 1,
                    "malicious": int(attacking)}
-        for key, values in history.history.items():
-            if values and isinstance(values[-1], (int, float, np.floating, np.integer)) and \
-                    math.isfinite(float(values[-1])):
+        for key, values in history.history.items():  # NaN kept: divergence must show
+            if values and isinstance(values[-1], (int, float, np.floating, np.integer)):
                 metrics[key] = float(values[-1])
         if dp:
             metrics["local-epsilon"] = float(max(c.epsilon() for c in dp))
@@ -296,6 +299,34 @@ class KerasClients:
 
     # -- Flower ----------------------------------------------------------------------------
 
+    def _clipping_mod(self, msg, context, call_next):
+        """Flower's ``fixedclipping_mod``, except that (1) a zero update is sent as it is
+        (Flower's mod divides by the update's norm and raises ``ZeroDivisionError``), and
+        (2) a malicious client attacking this round does not clip: it sends its update as
+        crafted, as a real attacker would, and the server's guard must catch it."""
+        from flwr.app import MessageType
+        from flwr.clientapp.mod import fixedclipping_mod
+
+        if msg.metadata.message_type != MessageType.TRAIN:
+            return call_next(msg, context)
+        config = msg.content.config_records.get("config")
+        server_round = int(config["server-round"]) if config and "server-round" in config \
+            else 1
+        behaviour = self.malicious.get(self.client_id(context))
+        if behaviour is not None and behaviour.poisons_update and \
+                behaviour.active(server_round):
+            return call_next(msg, context)
+        reply = call_next(msg, context)
+        if reply.has_error() or len(reply.content.array_records) != 1:
+            return reply
+        sent = next(iter(reply.content.array_records.values())).to_numpy_ndarrays()
+        received = next(iter(msg.content.array_records.values())).to_numpy_ndarrays()
+        if len(sent) == len(received) and all(
+                np.shape(a) == np.shape(b) and np.array_equal(a, b)
+                for a, b in zip(sent, received)):
+            return reply  # a zero update: nothing to clip
+        return fixedclipping_mod(msg, context, lambda m, c: reply)
+
     def client_app(self):
         """The Flower ``ClientApp`` of these clients (Message API: ``train`` and ``evaluate``).
 
@@ -308,13 +339,9 @@ class KerasClients:
         from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
         from flwr.clientapp import ClientApp
 
-        mods = []
-        if self.client_side_clipping:
-            from flwr.clientapp.mod import fixedclipping_mod
-
-            mods.append(fixedclipping_mod)
-        app = ClientApp(mods=mods)
         clients = self
+        mods = [clients._clipping_mod] if self.client_side_clipping else []
+        app = ClientApp(mods=mods)
 
         @app.train()
         def train(msg, context):
@@ -339,21 +366,42 @@ class KerasClients:
         return app
 
 
-def _reseed(model, seed: int) -> None:
+def _reseed(model, seed: int, global_seed: int) -> None:
     """Seed a client's round: Python's and NumPy's generators and the state of every Keras
-    ``SeedGenerator`` in the model (dropout, noise layers). Not ``tf.random.set_seed``: it
-    clears TensorFlow's kernel caches, which made every round several times slower; the
-    client's data pipeline is shuffled with an explicit seed instead."""
+    ``SeedGenerator`` in the model (dropout, noise layers); TensorFlow's global seed is set to
+    ``global_seed`` only if it has another value (``tf.random.set_seed`` clears TensorFlow's
+    kernel caches, which made every round several times slower when done each round). The
+    data pipeline's shuffle combines that global seed with the round's own seed, so every
+    process running clients (this one, Ray actors, SuperNodes) shuffles alike."""
     import random
 
     import keras
+    from tensorflow.python.eager import context
 
+    if context.global_seed() != global_seed:
+        import tensorflow as tf
+
+        tf.random.set_seed(global_seed)
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     for layer in model._flatten_layers(include_self=True):
         for generator in getattr(layer, "_seed_generators", ()):
             dtype = keras.backend.standardize_dtype(generator.state.dtype)
             generator.state.assign(np.array([seed % (2 ** 31 - 1), 0], dtype=dtype))
+
+
+def _check_loss(model, x, y, name: str) -> None:
+    """Compute the compiled loss on two examples, so that labels the loss cannot take (one-hot
+    rows for a sparse loss, ...) are an error naming the partition before any round."""
+    sample_x, sample_y = x[:2], np.asarray(y)[:2]
+    try:
+        model.compute_loss(x=sample_x, y=sample_y, y_pred=model(sample_x, training=False))
+    except Exception as err:  # noqa: BLE001 - re-raised with the partition's name
+        raise ValueError(
+            f"The model's compiled loss cannot take `{name}`'s labels (y of shape "
+            f"{np.shape(y)}, dtype {np.asarray(y).dtype}): e.g. one-hot rows need "
+            "CategoricalCrossentropy, class indices SparseCategoricalCrossentropy. "
+            f"Keras said: {str(err).splitlines()[0][:300]}") from err
 
 
 def _ids(parts: dict) -> str:

@@ -56,7 +56,11 @@ def _class_ids(y, n: int, num_classes: int | None) -> tuple[np.ndarray, int]:
         num_classes = max(num_classes, 1)
     else:
         num_classes = check_number("num_classes", num_classes, low=1, integer=True)
-    return check_labels(y, num_classes, n=n), num_classes
+    try:
+        return check_labels(y, num_classes, n=n), num_classes
+    except ValueError as err:  # no model here: the class count is num_classes
+        raise ValueError(str(err).replace(f"(the model has {num_classes} classes)",
+                                          f"(`num_classes`={num_classes})")) from None
 
 
 def _split(x, y, groups, method: str) -> list[Partition]:

@@ -54,10 +54,12 @@ class UserLevelDP:
     Differentially Private Recurrent Language Models"): each client's update is clipped to L2
     norm ``clipping_norm``, updates are averaged with equal weights over the ``n`` sampled
     clients, and Gaussian noise of std ``noise_multiplier * clipping_norm / n`` is added to
-    the average. This is Flower's ``DifferentialPrivacyServerSideFixedClipping`` (the server
-    clips) or ``...ClientSideFixedClipping`` (each client clips, with Flower's
-    ``fixedclipping_mod``; the server still checks every update's norm, see
-    :class:`UpdateGuard`).
+    the average. The noise is added by Flower's ``DifferentialPrivacyClientSideFixedClipping``
+    wrapper. With ``side="client"`` each client clips its own update (Flower's
+    ``fixedclipping_mod``) and the server checks every update's norm (see
+    :class:`UpdateGuard`); with ``side="server"`` the :class:`UpdateGuard` clips each update
+    with :func:`clip_update` (Flower's server-side wrapper computes the same clipping, but
+    divides by the update's norm and fails on a zero update).
 
     Privacy is accounted with ``dp_accounting`` for add/remove-one-client adjacency: each round
     is a Gaussian mechanism with ``noise_multiplier`` (sensitivity ``clipping_norm / n``);
@@ -112,6 +114,24 @@ class UserLevelDP:
     def noise_std(self, num_sampled: int) -> float:
         """Std of the noise added to the averaged weights: ``sigma * C / n``."""
         return self.noise_multiplier * self.clipping_norm / num_sampled
+
+
+def clip_update(weights: list, global_weights: list, clipping_norm: float) -> list:
+    """``global + update * min(1, C / ||update||)`` with ``update = weights - global`` and the
+    L2 norm taken over every array together (McMahan et al. 2018's per-user clipping). A zero
+    update is returned as it is (Flower's own clipping divides by its norm and raises
+    ``ZeroDivisionError`` for it).
+
+    Example:
+        >>> clip_update([np.array([3.0, 4.0])], [np.zeros(2)], 1.0)
+        [array([0.6, 0.8])]
+    """
+    updates = [np.asarray(w, np.float64) - np.asarray(g, np.float64)
+               for w, g in zip(weights, global_weights)]
+    norm = math.sqrt(sum(float(np.sum(u * u)) for u in updates))
+    scale = 1.0 if norm <= clipping_norm or norm == 0 else clipping_norm / norm
+    return [(np.asarray(g, np.float64) + scale * u).astype(np.asarray(w).dtype)
+            for w, g, u in zip(weights, global_weights, updates)]
 
 
 def _aggregate_metrics(contents, weighted_by_key: str):
@@ -247,6 +267,27 @@ class UpdateGuard(Strategy):
                         f"{self.dp.clipping_norm:g} (client-side clipping skipped)")
         return None
 
+    def _clip(self, msg) -> None:
+        """Replace a reply's arrays by ``global + clip(update, C)``."""
+        from flwr.app import Array, ArrayRecord
+
+        key = next(iter(msg.content.array_records.keys()))
+        record = msg.content.array_records[key]
+        clipped = clip_update(record.to_numpy_ndarrays(), self.current, self.dp.clipping_norm)
+        msg.content.array_records[key] = ArrayRecord(
+            {k: Array(np.asarray(a)) for k, a in zip(record.keys(), clipped)})
+
+    def _as_global_dtypes(self, arrays):
+        from flwr.app import Array, ArrayRecord
+
+        values = arrays.to_numpy_ndarrays()
+        cast = []
+        for value, g in zip(values, self.current):
+            if np.issubdtype(g.dtype, np.integer):
+                value = np.rint(value)
+            cast.append(np.asarray(value).astype(g.dtype, copy=False))
+        return ArrayRecord({k: Array(v) for k, v in zip(arrays.keys(), cast)})
+
     def aggregate_train(self, server_round, replies):
         from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
@@ -280,7 +321,12 @@ class UpdateGuard(Strategy):
             raise RuntimeError(
                 f"{len(failed)} of {len(replies)} clients failed in round {server_round}; the "
                 f"first (node {node}) replied: {reason}")
+        if self.dp is not None and self.dp.side == "server":
+            for msg in kept:  # the server clips each update to C (see clip_update)
+                self._clip(msg)
         arrays, metrics = self.strategy.aggregate_train(server_round, kept)
+        if arrays is not None:  # the aggregate in the global model's dtypes (int weights stay int)
+            arrays = self._as_global_dtypes(arrays)
         values = dict(metrics) if metrics is not None else {}
         attacking = 0  # simulation bookkeeping: clients that say they attacked this round
         for msg in replies:
@@ -371,8 +417,11 @@ def make_strategy(aggregator: str = "fedavg", *, num_clients: int, num_malicious
     if dp is not None:
         from flwr.serverapp import strategy as S
 
-        wrapper = (S.DifferentialPrivacyServerSideFixedClipping if dp.side == "server"
-                   else S.DifferentialPrivacyClientSideFixedClipping)
-        inner = wrapper(inner, noise_multiplier=dp.noise_multiplier,
-                        clipping_norm=dp.clipping_norm, num_sampled_clients=num_sampled)
+        # Flower's client-side wrapper adds the noise sigma C / n to the equal-weight average
+        # in both cases; with side="server" the UpdateGuard clips each update first (Flower's
+        # server-side wrapper computes the same clipping but raises ZeroDivisionError on a
+        # zero update, e.g. the one the guard puts in place of a rejected update).
+        inner = S.DifferentialPrivacyClientSideFixedClipping(
+            inner, noise_multiplier=dp.noise_multiplier, clipping_norm=dp.clipping_norm,
+            num_sampled_clients=num_sampled)
     return UpdateGuard(inner, dp=dp), num_sampled

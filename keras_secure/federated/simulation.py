@@ -25,6 +25,19 @@ _BOOKKEEPING = ("num-examples", "unit-weight", "malicious", "malicious-clients",
                 "rejected-updates", "failed-clients", "aggregation-skipped")
 
 
+def _backdoor_spec(value):
+    """``(trigger, target, mode)`` from ``(trigger, target)`` or ``(trigger, target, mode)``."""
+    try:
+        items = tuple(value)
+    except TypeError:
+        items = ()
+    if len(items) not in (2, 3):
+        raise TypeError("`backdoor` must be a Backdoor behaviour, (trigger, target) or "
+                        "(trigger, target, mode), or None. Received: " + type(value).__name__)
+    mode = items[2] if len(items) == 3 else "all_to_one"
+    return items[0], items[1], check_choice("backdoor mode", mode, ("all_to_one", "all_to_all"))
+
+
 def _pair(value, name: str, what: str):
     try:
         first, second = value
@@ -32,6 +45,17 @@ def _pair(value, name: str, what: str):
         raise TypeError(f"`{name}` must be {what} or None. Received: "
                         f"{type(value).__name__}") from None
     return first, second
+
+
+def _accuracy_metric(metrics: dict):
+    """The clients' accuracy metric: ``accuracy``, else the first ``*accuracy`` key
+    (``binary_accuracy``, ``sparse_categorical_accuracy``, ...) that is not a validation one."""
+    if "accuracy" in metrics:
+        return metrics["accuracy"]
+    for key in sorted(metrics):
+        if key.endswith("accuracy") and not key.startswith("val_"):
+            return metrics[key]
+    return None
 
 
 class FederatedHistory:
@@ -51,14 +75,16 @@ class FederatedHistory:
         notes: plain-language remarks (e.g. an aggregator told to tolerate fewer malicious
             clients than there are).
         rejections: per round, the rejected updates and why (from the server's guard).
+        weights: the final global model's weights (``model.set_weights(history.weights)``).
     """
 
     def __init__(self, rounds: list[dict], config: dict, notes: list[str],
-                 rejections: list[dict]):
+                 rejections: list[dict], weights: list | None = None):
         self.rounds = rounds
         self.config = config
         self.notes = notes
         self.rejections = rejections
+        self.weights = weights
 
     @property
     def final(self) -> dict:
@@ -126,8 +152,9 @@ class FederatedServer:
         fraction_train: fraction of clients sampled per round. Defaults to 1.
         fraction_evaluate: fraction running federated evaluation. Defaults to 0.
         test_data: ``(x, y)`` the global model is evaluated on each round, or None.
-        backdoor: ``(trigger, target)`` whose attack success rate is measured each round on
-            ``test_data``, or None.
+        backdoor: the backdoor whose attack success rate is measured each round on
+            ``test_data``: a :class:`Backdoor` (or :class:`ModelReplacement`) behaviour,
+            ``(trigger, target)`` (all-to-one) or ``(trigger, target, mode)``; or None.
         seed: seeds the server's client sampling and DP noise (NumPy's and Python's global
             generators, which Flower draws from) - for simulations only: a deployed server
             must draw its noise unpredictably, so leave it None there. Defaults to None.
@@ -160,22 +187,25 @@ class FederatedServer:
         self.backdoor = None
         self._model = None
         if test_data is not None:
-            from keras_secure.classifier import as_classifier
+            from keras_secure.classifier import as_classifier, check_labels
 
             x, y = _pair(test_data, "test_data", "an (x, y) pair")
             model = self._server_model()
             clf = as_classifier(model)
             x = clf.check_inputs(x, name="test_data x")
-            y = clf.check_labels(y, n=x.shape[0], name="test_data y")
+            y = check_labels(y, clf.num_classes, n=x.shape[0], name="test_data y",
+                             x_name="test_data x")
             self.test_data = (x, y)
+            if isinstance(backdoor, Backdoor):  # a behaviour: its trigger, target and mode
+                backdoor = (backdoor.trigger, backdoor.target, backdoor.mode)
             if backdoor is not None:
-                trigger, target = _pair(backdoor, "backdoor", "a (trigger, target) pair")
+                trigger, target, mode = _backdoor_spec(backdoor)
                 from keras_secure.poisoning.triggers import check_trigger
 
                 check_trigger(trigger).check(x.shape[1:])
                 target = check_number("backdoor target", target, low=0,
                                       high=clf.num_classes - 1, integer=True)
-                self.backdoor = (trigger, target)
+                self.backdoor = (trigger, target, mode)
         elif backdoor is not None:
             raise ValueError("`backdoor` needs `test_data` to measure its success on.")
         self.history: FederatedHistory | None = None
@@ -202,9 +232,9 @@ class FederatedServer:
         model.set_weights(weights)
         out = {"accuracy": float(clean_accuracy(model, *self.test_data))}
         if self.backdoor is not None:
-            trigger, target = self.backdoor
+            trigger, target, mode = self.backdoor
             out["backdoor_success"] = float(attack_success_rate(
-                model, *self.test_data, trigger, target=target))
+                model, *self.test_data, trigger, target=target, mode=mode))
         return out
 
     def run(self, grid) -> FederatedHistory:
@@ -247,7 +277,7 @@ class FederatedServer:
         strategy.aggregate_train = aggregate_train
         try:
             with _flower_logging(self.verbose):
-                strategy.start(grid=grid, initial_arrays=initial, num_rounds=self.num_rounds,
+                result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=self.num_rounds,
                                timeout=self.timeout,
                                train_config=ConfigRecord({"num-clients": self.num_sampled}),
                                evaluate_fn=evaluate_fn)
@@ -267,7 +297,7 @@ class FederatedServer:
                 "aggregation_skipped": int(train.get("aggregation-skipped", 0)),
                 "malicious_clients": int(train.get("malicious-clients", 0)),
                 "client_loss": train.get("loss"),
-                "client_accuracy": train.get("accuracy"),
+                "client_accuracy": _accuracy_metric(train),
                 "local_epsilon": train.get("local-epsilon"),
                 "client_metrics": {k: v for k, v in train.items() if k not in _BOOKKEEPING},
                 "seconds": times.get(r),
@@ -286,7 +316,9 @@ class FederatedServer:
                       "clipping_norm": self.dp.clipping_norm, "side": self.dp.side,
                       "delta": self.dp.delta, "accountant": self.dp.accountant,
                       "noise_std": self.dp.noise_std(self.num_sampled)}}
-        self.history = FederatedHistory(rows, config, list(self.notes), list(strategy.log))
+        final = result.arrays.to_numpy_ndarrays() if len(result.arrays) else list(self._initial)
+        self.history = FederatedHistory(rows, config, list(self.notes), list(strategy.log),
+                                        weights=final)
         return self.history
 
     def server_app(self):
@@ -421,8 +453,10 @@ def simulate(model_fn: Callable, partitions: Sequence, *, num_rounds: int,
         callbacks: None or ``client_id -> list of Keras callbacks`` (e.g. keras_secure's
             ``AdversarialTraining`` or ``DPSGD``), called each round.
         test_data: ``(x, y)`` of the server's evaluation; None skips it (no accuracy column).
-        backdoor: ``(trigger, target)`` to measure; ``"auto"`` takes the first backdoor among
-            the malicious behaviours (None if there is none); None measures none.
+        backdoor: the backdoor to measure (a :class:`Backdoor` behaviour, ``(trigger,
+            target)`` or ``(trigger, target, mode)``); ``"auto"`` takes the first backdoor
+            among the malicious behaviours, with its mode (None if there is none); None
+            measures none.
         fraction_train: fraction of clients sampled each round. Defaults to 1.
         backend: ``"local"`` (:class:`LocalGrid`, in this process, deterministic) or
             ``"ray"`` (Flower's simulation engine, ``flwr.simulation.run_simulation``, clients
@@ -449,6 +483,9 @@ def simulate(model_fn: Callable, partitions: Sequence, *, num_rounds: int,
         >>> print(history.table())
     """
     backend = check_choice("backend", backend, BACKENDS)
+    if malicious is not None and not isinstance(malicious, Mapping):
+        raise TypeError("`malicious` must be a dict {client_id: behaviour}, e.g. "
+                        "{0: SignFlip()}. Received: " + type(malicious).__name__)
     malicious = dict(malicious or {})
     if num_malicious is None:
         num_malicious = len(malicious)
@@ -465,13 +502,22 @@ def simulate(model_fn: Callable, partitions: Sequence, *, num_rounds: int,
             raise ValueError("`backdoor` must be 'auto', None or a (trigger, target) pair. "
                              f"Received: backdoor={backdoor!r}")
         found = [b for b in malicious.values() if isinstance(b, Backdoor)]
-        backdoor = (found[0].trigger, found[0].target) if found and test_data is not None \
-            else None
+        backdoor = found[0] if found and test_data is not None else None
     server = FederatedServer(model_fn, num_clients=len(clients.partitions),
                              num_rounds=num_rounds, aggregator=aggregator,
                              num_malicious=num_malicious, trim_fraction=trim_fraction, dp=dp,
                              fraction_train=fraction_train, test_data=test_data,
                              backdoor=backdoor, seed=seed, verbose=verbose)
+    for cid, behaviour in sorted(malicious.items()):
+        if behaviour.rounds is not None and min(behaviour.rounds) > num_rounds:
+            raise ValueError(
+                f"`malicious[{cid}]` attacks in rounds {list(behaviour.rounds)}, but the run "
+                f"has {num_rounds} rounds: it would never attack. Received: num_rounds="
+                f"{num_rounds}")
+    if malicious and aggregator == "fedavg":
+        server.notes.append(
+            f"FedAvg has no defence against malicious clients; {len(malicious)} are malicious "
+            "here (the baseline of the comparison).")
     if len(malicious) > num_malicious and aggregator != "fedavg":
         server.notes.append(
             f"{aggregator} was configured to tolerate {num_malicious} malicious clients; "
