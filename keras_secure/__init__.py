@@ -28,6 +28,7 @@ from keras_secure import (  # noqa: E402
     attacks,
     callbacks,
     datasets,
+    distributed,
     evaluation,
     explain,
     layers,
@@ -39,6 +40,6 @@ from keras_secure import (  # noqa: E402
     training,
 )
 
-__all__ = ["Classifier", "attacks", "callbacks", "classifier", "datasets", "evaluation", "explain",
-           "layers", "models", "poisoning", "privacy", "reporting", "rl", "training",
+__all__ = ["Classifier", "attacks", "callbacks", "classifier", "datasets", "distributed",
+           "evaluation", "explain", "layers", "models", "poisoning", "privacy", "reporting", "rl", "training",
            "__version__"]
