@@ -180,10 +180,17 @@ def scripted_app(updates):
     return app
 
 
-def run_scripted(strategy, updates, initial, rounds=1):
+class DroppingGrid(fl.LocalGrid):
+    """A grid whose last node's reply never arrives (a client that timed out)."""
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return list(super().send_and_receive(messages, timeout=timeout))[:-1]
+
+
+def run_scripted(strategy, updates, initial, rounds=1, grid_class=fl.LocalGrid):
     from flwr.app import ArrayRecord
 
-    grid = fl.LocalGrid(scripted_app(updates), len(updates))
+    grid = grid_class(scripted_app(updates), len(updates))
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(numpy_ndarrays=initial),
                             num_rounds=rounds)
     return result
@@ -511,3 +518,14 @@ def test_client_accuracy_reads_any_accuracy_metric():
     assert history.final["client_accuracy"] == history.final["client_metrics"][
         "binary_accuracy"]
     assert history.final["accuracy"] > 0.8
+
+
+def test_a_missing_reply_is_counted_and_refused_under_dp():
+    initial = [np.zeros((3,), "float64")]
+    updates = [[np.full(3, 0.1)]] * 3
+    strategy, _ = fl.make_strategy("fedavg", num_clients=3)
+    result = run_scripted(strategy, updates, initial, grid_class=DroppingGrid)
+    assert result.train_metrics_clientapp[1]["missing-clients"] == 1
+    dp_strategy, _ = fl.make_strategy("fedavg", num_clients=3, dp=fl.UserLevelDP(1.0, 1.0))
+    with pytest.raises(RuntimeError, match="1 of the 3 sampled clients did not reply"):
+        run_scripted(dp_strategy, updates, initial, grid_class=DroppingGrid)

@@ -194,7 +194,8 @@ class UpdateGuard(Strategy):
     its calibration. The counts are added to the round's train metrics: ``rejected-updates``,
     ``malicious-clients`` (replies whose ``malicious`` metric is 1: simulation bookkeeping),
     ``failed-clients`` (clients that replied with an error) and ``aggregation-skipped`` (1
-    when the strategy returned no model, e.g. Bulyan with too few valid updates).
+    when the strategy returned no model, e.g. Bulyan with too few valid updates) and
+    ``missing-clients`` (sampled clients that did not reply before the timeout).
 
     Args:
         strategy: the Flower strategy to protect.
@@ -202,10 +203,14 @@ class UpdateGuard(Strategy):
         fail_on_client_error: raise when a client replies with an error (a bug in the client
             code would otherwise leave the global model unchanged without a word). Defaults
             to True.
+        num_sampled: clients sampled per round. Under user-level DP a round with fewer
+            replies (a client timed out) is an error: the noise is calibrated to n replies.
+            Otherwise the shortfall is counted as ``missing-clients``. Defaults to None (not
+            checked).
     """
 
     def __init__(self, strategy, dp: UserLevelDP | None = None,
-                 fail_on_client_error: bool = True):
+                 fail_on_client_error: bool = True, num_sampled: int | None = None):
         super().__init__()
         if not isinstance(strategy, Strategy):
             raise TypeError("`strategy` must be a flwr.serverapp.strategy.Strategy. Received: "
@@ -213,6 +218,7 @@ class UpdateGuard(Strategy):
         self.strategy = strategy
         self.dp = dp
         self.fail_on_client_error = bool(fail_on_client_error)
+        self.num_sampled = num_sampled
         self.current = None
         self.log: list[dict] = []  # one entry per round: rejected clients and why
 
@@ -315,7 +321,15 @@ class UpdateGuard(Strategy):
                     np.array(g, copy=True) for g in self.current]),
                     "metrics": MetricRecord(weight)})
                 kept.append(msg)
-        self.log.append({"round": int(server_round), "rejected": rejected, "failed": failed})
+        missing = 0 if self.num_sampled is None else max(self.num_sampled - len(replies), 0)
+        self.log.append({"round": int(server_round), "rejected": rejected, "failed": failed,
+                         "missing": missing})
+        if missing and self.dp is not None:
+            raise RuntimeError(
+                f"{missing} of the {self.num_sampled} sampled clients did not reply in round "
+                f"{server_round}: user-level DP's noise is calibrated to an average over "
+                f"{self.num_sampled} updates, so averaging fewer would spend more privacy than "
+                "the epsilon reported. Raise the round's timeout or check the clients.")
         if failed and self.fail_on_client_error:
             node, reason = failed[0]
             raise RuntimeError(
@@ -334,7 +348,7 @@ class UpdateGuard(Strategy):
                 for record in msg.content.metric_records.values():
                     value = record.get("malicious", 0)
                     attacking += int(value) if isinstance(value, (int, float)) else 0
-        values.update({"malicious-clients": attacking,
+        values.update({"malicious-clients": attacking, "missing-clients": missing,
                        "rejected-updates": len(rejected), "failed-clients": len(failed),
                        "aggregation-skipped": int(arrays is None)})
         return arrays, MetricRecord(values)
@@ -424,4 +438,4 @@ def make_strategy(aggregator: str = "fedavg", *, num_clients: int, num_malicious
         inner = S.DifferentialPrivacyClientSideFixedClipping(
             inner, noise_multiplier=dp.noise_multiplier, clipping_norm=dp.clipping_norm,
             num_sampled_clients=num_sampled)
-    return UpdateGuard(inner, dp=dp), num_sampled
+    return UpdateGuard(inner, dp=dp, num_sampled=num_sampled), num_sampled

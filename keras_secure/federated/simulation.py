@@ -22,7 +22,7 @@ BACKENDS = ("local", "ray")
 # The server's evaluation model per model function (kept apart from the clients' models).
 _SERVER_MODELS: dict = {}
 _BOOKKEEPING = ("num-examples", "unit-weight", "malicious", "malicious-clients",
-                "rejected-updates", "failed-clients", "aggregation-skipped")
+                "missing-clients", "rejected-updates", "failed-clients", "aggregation-skipped")
 
 
 def _backdoor_spec(value):
@@ -68,6 +68,7 @@ class FederatedHistory:
             ``delta``, or None), ``rejected_updates``, ``failed_clients``,
             ``aggregation_skipped``, ``malicious_clients`` (attacking this round),
             ``client_loss`` and ``client_accuracy`` (means of the clients' last local epoch),
+            ``missing_clients`` (sampled clients that did not reply in time),
             ``local_epsilon`` (largest local DPSGD epsilon, or None), ``client_metrics``
             (every metric the aggregated clients reported from their last local epoch, e.g.
             ``val_robust_accuracy`` from a ``RobustnessMonitor``; weighted means), ``seconds``.
@@ -294,6 +295,7 @@ class FederatedServer:
                 "epsilon": (self.dp.epsilon(r) if self.dp is not None else None),
                 "rejected_updates": int(train.get("rejected-updates", 0)),
                 "failed_clients": int(train.get("failed-clients", 0)),
+                "missing_clients": int(train.get("missing-clients", 0)),
                 "aggregation_skipped": int(train.get("aggregation-skipped", 0)),
                 "malicious_clients": int(train.get("malicious-clients", 0)),
                 "client_loss": train.get("loss"),
