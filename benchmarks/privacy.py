@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import textwrap
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -32,6 +33,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_secure as ks  # noqa: E402
+from keras_secure.privacy.noise import standard_normal  # noqa: E402
 
 from _common import fit_step_time  # noqa: E402
 
@@ -99,6 +101,36 @@ def measure(build, x, y, jit, rounds):
     return {name: statistics.median(t) for name, t in times.items()}, ratios
 
 
+def step_profile(build, x, y, repeats=15):
+    """ms, alone: a plain forward+backward pass of a batch of 64, and the per-step Gaussian
+    noise for all the model's weights drawn as DPSGD draws it (``keras.random.normal``) and by
+    ``keras_secure.privacy.noise.standard_normal``."""
+    model = build()
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    xb, yb = tf.constant(x[:64]), tf.constant(y[:64])
+    size = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+    seeds = keras.random.SeedGenerator(0)
+
+    @tf.function
+    def forward_backward():
+        with tf.GradientTape() as tape:
+            loss = loss_fn(yb, model(xb, training=True))
+        return tape.gradient(loss, model.trainable_variables)
+
+    fns = {"forward+backward": forward_backward,
+           "keras.random.normal": tf.function(lambda: keras.random.normal([size], seed=seeds)),
+           "standard_normal": tf.function(lambda: standard_normal([size], seeds))}
+    times = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            tf.nest.map_structure(np.asarray, fn())
+            times[name].append(time.perf_counter() - start)
+    return size, {name: 1000 * statistics.median(t) for name, t in times.items()}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-xla", action="store_true", help="skip the XLA rows")
@@ -128,6 +160,10 @@ def main():
                   f"({spread['ghost']}) | {1000 * ms['vectorized']:.1f} | "
                   f"{ms['vectorized'] / ms['plain']:.2f} ({spread['vectorized']}) |",
                   flush=True)
+    size, ms = step_profile(models[-1][1], xc, yc)
+    print(f"\n32x32x3 ConvNet, pieces of a step alone (ms, medians): "
+          + ", ".join(f"{name} {t:.1f}" for name, t in ms.items())
+          + f" (noise: {size:,} weights)", flush=True)
     if args.convnet_only:
         return
     result = subprocess.run([sys.executable, "-c", TF_PRIVACY], capture_output=True, text=True,
