@@ -483,10 +483,12 @@ def test_quick_demo_writes_a_report(tmp_path, capsys):
     assert "privacy / utility trade-off" in report
     rl = results["chapter5_rl"]
     assert [r["attack"].split(" (")[0] for r in rl["table3"]] == [
-        "none", "random state noise", "adversarial states", "reward manipulation"]
+        "none", "random state noise", "adversarial states", "learned adversary",
+        "reward manipulation"]
     assert all(r["mean"] >= 8 and 0 <= r["retention"] for r in rl["table3"])
-    assert len(rl["table4"]) == 4 and all(r["restoration"] >= 0 for r in rl["table4"])
-    assert "Table 3 - attacks on a DQN CartPole agent" in report
+    assert len(rl["table4"]) == 5 and all(r["restoration"] >= 0 for r in rl["table4"])
+    assert rl["seeds"] == 1
+    assert "Table 3 - attacks on a PPO CartPole agent" in report
     # the HTML page: every chapter, self-contained, rendered by a real browser when there is one
     from _browser import static_check
 

@@ -375,7 +375,7 @@ def test_certify_a_linear_classifier_against_its_closed_form_vote_probability():
         lo, hi = 0, n
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if lower(mid) <= target else (lo, mid)
+            lo, hi = (mid, hi) if lower(mid) <= target + 1e-11 else (lo, mid)
         assert lower(lo) == pytest.approx(target, rel=1e-9, abs=1e-12), (i, lo)
         # ... which must be a Binomial(n, pA) draw: within 4.5 standard errors of n pA
         assert abs(lo / n - p_a) < 4.5 * np.sqrt(p_a * (1 - p_a) / n), (i, lo / n, p_a)

@@ -223,7 +223,7 @@ CHAPTERS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("Defences: input denoising and randomized smoothing", ch2_defences.run),
     ("Robust training: adversarial training and distillation", ch3_training.run),
     ("Privacy: DP-SGD and membership inference", ch4_privacy.run),
-    ("Reinforcement learning: attacks and defences on a TF-Agents DQN agent", ch5_rl.run),
+    ("Reinforcement learning: attacks and defences on a TF-Agents PPO agent", ch5_rl.run),
     ("Honest evaluation: gradient masking and seed 002's RL-trained classifier",
      ch_masking.run),
     ("Data poisoning: backdoors, detection and repair", ch_poisoning.run),
