@@ -20,6 +20,7 @@ from keras_secure.privacy.accounting import (
     max_steps_within,
 )
 from keras_secure.privacy.data import poisson_sampling_of
+from keras_secure.privacy.noise import standard_normal
 from keras_secure.training.hook import Stage, StageCallback
 
 
@@ -204,8 +205,8 @@ class _DPStage(Stage):
             denominator = tf.cast(tf.maximum(global_n, 1), tf.float32)
         # one draw for all variables (one random op per step, not one per variable)
         sizes = [int(np.prod(v.shape)) for v in variables]
-        noise = tf.split(keras.random.normal([sum(sizes)], stddev=self.sigma * self.clip,
-                                             seed=self.seed_generator), sizes)
+        noise = tf.split((self.sigma * self.clip) *
+                         standard_normal([sum(sizes)], self.seed_generator), sizes)
         with tf.control_dependencies(checks):  # a wrong batch size fails before the update
             updates = [(g + once * tf.reshape(z, v.shape)) / denominator
                        for g, z, v in zip(summed, noise, variables)]
@@ -505,6 +506,8 @@ class DPSGD(StageCallback):
         return fit_steps
 
     def on_train_batch_end(self, batch, logs=None):
+        if self._fit_max_steps is None:
+            return  # no budget to enforce: counted at each epoch's end, no host wait per step
         fit_steps = self._update_counts()
         if self._fit_max_steps is not None and fit_steps >= self._fit_max_steps:
             if not self.model.stop_training:
@@ -512,6 +515,10 @@ class DPSGD(StageCallback):
                       f"exceed target_epsilon={self.target_epsilon} (epsilon now "
                       f"{self.epsilon():.3f} at delta={self.delta}).")
             self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        self._update_counts()  # a fit stopped inside an epoch
+        super().on_train_end(logs)
 
     def on_epoch_end(self, epoch, logs=None):
         self._update_counts()
