@@ -616,3 +616,21 @@ def test_a_new_dpsgd_callback_on_a_dp_trained_model_warns_that_epsilon_restarts(
         model.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=[first])  # same: fine
     with pytest.warns(UserWarning, match="already trained with another DPSGD"):
         model.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=[callback()])
+
+
+def test_poisson_batches_depend_on_their_seed_only():
+    """The same seed gives the same batches whatever TensorFlow's global seed (a worker
+    process and the test process must sample alike)."""
+    from keras_secure.privacy import poisson_batches
+
+    x = np.arange(40, dtype="float32").reshape(20, 2)
+    y = np.arange(20)
+
+    def first_batches(global_seed):
+        tf.random.set_seed(global_seed)
+        dataset, _ = poisson_batches(x, y, batch_size=5, seed=3)
+        return [b[1].numpy().tolist() for b in dataset.take(4)]
+
+    assert first_batches(1) == first_batches(2)
+    other, _ = poisson_batches(x, y, batch_size=5, seed=4)
+    assert [b[1].numpy().tolist() for b in other.take(4)] != first_batches(1)

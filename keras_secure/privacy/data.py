@@ -76,7 +76,9 @@ def poisson_batches(x, y, batch_size: int, seed: int | None = None):
         x: inputs ``(N, ...)``.
         y: labels ``(N, ...)``.
         batch_size: expected batch size, 1..N.
-        seed: seed of the sampling. Defaults to None.
+        seed: seed of the sampling: the same seed gives the same batches in any process
+            (whatever TensorFlow's global seed). None draws one from the operating system's
+            entropy. Defaults to None.
 
     Returns:
         ``(dataset, steps_per_epoch)`` with ``steps_per_epoch = round(N / batch_size)``.
@@ -98,11 +100,18 @@ def poisson_batches(x, y, batch_size: int, seed: int | None = None):
     q = batch_size / n
     x_t, y_t = tf.constant(x), tf.constant(y)
 
-    def sample(s):
-        keep = tf.random.stateless_uniform([n], seed=tf.stack([s, 0])) < q
+    # Batch i's membership draws are a stateless function of (seed, i): the same seed gives
+    # the same batches in every process, whatever TensorFlow's global seed (tf.data's
+    # Dataset.random(seed) mixes in the global seed, so workers and tests disagreed). No
+    # seed: a fresh one from the operating system's entropy, so the sampling stays secret.
+    stream = int(np.random.SeedSequence(seed).generate_state(1)[0] % (2 ** 31 - 1))
+
+    def sample(i):
+        key = tf.stack([tf.constant(stream, tf.int64), i])
+        keep = tf.random.stateless_uniform([n], seed=key) < q
         idx = tf.where(keep)[:, 0]
         return tf.gather(x_t, idx), tf.gather(y_t, idx)
 
-    dataset = tf.data.Dataset.random(seed=seed).map(sample)
+    dataset = tf.data.Dataset.counter(dtype=tf.int64).map(sample)
     object.__setattr__(dataset, _MARK, PoissonSampling(n, batch_size, seed))
     return dataset, max(1, int(round(n / batch_size)))
