@@ -30,14 +30,14 @@ from keras_secure.federated.client import KerasClients
 from keras_secure.federated.partition import (Partition, dirichlet_partition, iid_partition,
                                               label_distribution)
 from keras_secure.federated.server import (AGGREGATORS, UpdateGuard, UserLevelDP,
-                                           make_strategy, max_tolerated)
+                                           clip_update, make_strategy, max_tolerated)
 from keras_secure.federated.simulation import (FederatedHistory, FederatedServer, LocalGrid,
                                                simulate)
 
 __all__ = [
     "AGGREGATORS", "Backdoor", "CorruptUpdate", "FederatedHistory", "FederatedServer",
     "KerasClients", "LabelFlipping", "LocalGrid", "MaliciousBehaviour", "ModelReplacement",
-    "Partition", "ScaledUpdate", "SignFlip", "UpdateGuard", "UserLevelDP",
+    "Partition", "ScaledUpdate", "SignFlip", "UpdateGuard", "UserLevelDP", "clip_update",
     "dirichlet_partition", "iid_partition", "label_distribution", "make_strategy",
     "max_tolerated", "simulate",
 ]

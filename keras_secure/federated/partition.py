@@ -19,6 +19,10 @@ class Partition(tuple):
         x: the client's inputs, ``(n_i, ...)``.
         y: its labels, ``(n_i,)``/``(n_i, 1)`` class indices or ``(n_i, k)`` one-hot.
         indices: positions of these examples in the dataset that was split, ``(n_i,)`` int64.
+
+    Example:
+        >>> part = iid_partition(x, y, num_clients=10)[0]
+        >>> x_0, y_0 = part; part.indices[:5]
     """
 
     def __new__(cls, x, y, indices):

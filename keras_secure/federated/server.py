@@ -207,6 +207,10 @@ class UpdateGuard(Strategy):
             replies (a client timed out) is an error: the noise is calibrated to n replies.
             Otherwise the shortfall is counted as ``missing-clients``. Defaults to None (not
             checked).
+
+    Example:
+        >>> guarded = UpdateGuard(flwr.serverapp.strategy.FedMedian(), num_sampled=10)
+        >>> guarded.log[-1]["rejected"]        # after a round: (node, why) pairs
     """
 
     def __init__(self, strategy, dp: UserLevelDP | None = None,

@@ -77,6 +77,11 @@ class FederatedHistory:
             clients than there are).
         rejections: per round, the rejected updates and why (from the server's guard).
         weights: the final global model's weights (``model.set_weights(history.weights)``).
+
+    Example:
+        >>> history = simulate(make_model, parts, num_rounds=5, test_data=(x_test, y_test))
+        >>> history.final["accuracy"], history.column("backdoor_success")
+        >>> print(history.table())
     """
 
     def __init__(self, rounds: list[dict], config: dict, notes: list[str],
@@ -161,6 +166,16 @@ class FederatedServer:
             must draw its noise unpredictably, so leave it None there. Defaults to None.
         timeout: seconds to wait for the clients each round. Defaults to 3600.
         verbose: 1 prints one line per round; 0 is silent. Defaults to 1.
+
+    Raises:
+        ValueError / TypeError: at construction, for the same checks as :func:`make_strategy`
+            and for test data that does not fit the model.
+
+    Example:
+        >>> server = FederatedServer(make_model, num_clients=10, num_rounds=5,
+        ...                          aggregator="krum", num_malicious=2,
+        ...                          test_data=(x_test, y_test))
+        >>> app = server.server_app()          # a flwr.serverapp.ServerApp
     """
 
     def __init__(self, model_fn: Callable, *, num_clients: int, num_rounds: int,
@@ -364,6 +379,10 @@ class LocalGrid(Grid):
     Args:
         client_app: the ``flwr.clientapp.ClientApp``.
         num_nodes: nodes (clients), >= 1.
+
+    Example:
+        >>> grid = LocalGrid(KerasClients(make_model, parts).client_app(), len(parts))
+        >>> FederatedServer(make_model, num_clients=len(parts), num_rounds=3).run(grid)
     """
 
     def __init__(self, client_app, num_nodes: int):
