@@ -5,7 +5,6 @@ and where a robust aggregator fails (Krum on non-IID data)."""
 from __future__ import annotations
 
 import keras
-import numpy as np
 
 from keras_secure import datasets
 from keras_secure import federated as fl
