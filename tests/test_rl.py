@@ -87,6 +87,30 @@ def test_observation_noise_stays_in_its_ball():
     np.testing.assert_array_equal(off.step(0)[0], [1.0, 0.5])
 
 
+def test_observation_bias_is_one_offset_per_episode():
+    env = rl.ObservationNoise(Walk(length=6), eps=0.1, kind="bias")
+    offsets = []
+    for episode in range(3):
+        first, _ = env.reset(seed=episode)
+        offset = first - np.array([0.0, 0.5], np.float32)
+        np.testing.assert_allclose(offset, env.bias, atol=1e-6)
+        assert 0 < np.abs(offset).max() <= 0.1 + 1e-6
+        for t in range(1, 7):  # the same offset on every step of the episode
+            np.testing.assert_allclose(env.step(0)[0] - np.array([t, 0.5]), offset, atol=1e-6)
+        offsets.append(offset)
+    assert not np.allclose(offsets[0], offsets[1])  # redrawn at each reset
+    again = rl.ObservationNoise(Walk(), eps=0.1, kind="bias")
+    np.testing.assert_array_equal(again.reset(seed=1)[0], offsets[1] + [0.0, 0.5])  # seeded
+    # per-episode probability: the fraction of biased episodes is within 4 standard errors
+    half = rl.ObservationNoise(Walk(), eps=0.1, kind="bias", probability=0.3)
+    half.reset(seed=0)
+    biased = [half.reset()[1] is not None and half.bias is not None for _ in range(2000)]
+    assert abs(np.mean(biased) - 0.3) < 4 * np.sqrt(0.3 * 0.7 / 2000)
+    off = rl.ObservationNoise(Walk(), eps=0.1, kind="bias", probability=0.0)
+    np.testing.assert_array_equal(off.reset(seed=0)[0], [0.0, 0.5])
+    assert off.bias is None
+
+
 def test_reward_shaping_is_potential_based():
     env = rl.RewardShaping(Walk(), potential=lambda s: float(s[0]), gamma=0.9)
     rewards, infos = rollout(env)

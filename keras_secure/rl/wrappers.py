@@ -22,7 +22,7 @@ from gymnasium.utils import RecordConstructorArgs
 from keras_secure.validation import check_choice, check_number
 
 REWARD_MODES = ("flip", "scale", "noise", "constant")
-NOISE_KINDS = ("linf", "l2", "gaussian")
+NOISE_KINDS = ("linf", "l2", "gaussian", "bias")
 
 
 class _OwnRandom:
@@ -145,16 +145,22 @@ class ObservationNoise(_OwnRandom, gym.ObservationWrapper, RecordConstructorArgs
 
     With probability ``probability`` per step, adds noise to the observation: uniform in the
     L-inf ball of radius ``eps`` (``"linf"``), uniform in the L2 ball (``"l2"``) or Gaussian
-    with std ``eps`` (``"gaussian"``); the result is clipped to the observation space's finite
-    bounds. On an integer space (e.g. a ``uint8`` image) the noisy observation is rounded to
-    the nearest integer, which keeps the noise unbiased (a plain cast would truncate toward
-    zero). Also a defence-side tool: training with it is noise injection.
+    with std ``eps`` (``"gaussian"``), drawn afresh each step. ``"bias"`` is a sensor offset
+    instead: one vector drawn uniformly in the L-inf ``eps`` ball at each ``reset`` (with
+    probability ``probability`` per episode, else zero) and added to every observation of the
+    episode. The result is clipped to the observation space's finite bounds. On an integer
+    space (e.g. a ``uint8`` image) the noisy observation is rounded to the nearest integer,
+    which keeps the noise unbiased (a plain cast would truncate toward zero). Also a
+    defence-side tool: training with it is noise injection (``"bias"``: sensor-offset
+    randomization, which on CartPole teaches the position feedback that PGD's sensor-bias
+    attack defeats; see docs/rl.md).
 
     Args:
         env: an environment with a ``Box`` observation space.
         eps: radius (or std) in observation units, >= 0.
-        kind: ``"linf"``, ``"l2"`` or ``"gaussian"``. Defaults to ``"linf"``.
-        probability: per-step probability in [0, 1]. Defaults to 1.0.
+        kind: ``"linf"``, ``"l2"``, ``"gaussian"`` or ``"bias"``. Defaults to ``"linf"``.
+        probability: per-step probability in [0, 1] (per-episode for ``"bias"``). Defaults
+            to 1.0.
 
     Raises:
         ValueError / TypeError: for a non-Box observation space or arguments out of range.
@@ -180,12 +186,27 @@ class ObservationNoise(_OwnRandom, gym.ObservationWrapper, RecordConstructorArgs
         self.kind = check_choice("kind", kind, NOISE_KINDS)
         self.probability = _check_probability("probability", probability)
         self._rng = None
+        self._bias = None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         self._seed_rng(seed)
+        if self.kind == "bias":  # drawn before the first observation of the episode
+            on = self.rng.random() < self.probability
+            offset = self.rng.uniform(-self.eps, self.eps, self.observation_space.shape)
+            self._bias = offset if on and self.eps > 0 else None
         return super().reset(seed=seed, options=options)
 
+    @property
+    def bias(self) -> np.ndarray | None:
+        """This episode's offset (``kind="bias"``), or None when the episode has none."""
+        return None if self._bias is None else self._bias.copy()
+
     def observation(self, observation):
+        if self.kind == "bias":
+            if self._bias is None:
+                return observation
+            return _into_space(np.asarray(observation, dtype=np.float64) + self._bias,
+                               self.observation_space)
         if self.eps == 0 or self.rng.random() >= self.probability:
             return observation
         obs = np.asarray(observation, dtype=np.float64)
