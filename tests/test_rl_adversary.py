@@ -196,7 +196,7 @@ def test_evaluate_batched_equals_the_sequential_evaluation():
 def test_chapter5_tables_from_per_seed_results():
     from keras_secure.demo import ch5_rl
 
-    def seed(ppo_clean, attacks, tamper, guard, drs, sa, ac, atla):
+    def seed(ppo_clean, attacks, tamper, guard, drs, sa, ac, atla, bias=(300, (290, 280, 40))):
         def state(clean, a):
             return {"clean": {"mean": clean, "std": 1.0, "deviation": None},
                     **{k: {"mean": v, "std": 2.0, "deviation": 0.5}
@@ -207,7 +207,7 @@ def test_chapter5_tables_from_per_seed_results():
                 "dynamic_reward_shaping": {"clean": {"mean": drs, "std": 0.0,
                                                      "deviation": None}},
                 "sa_ppo": state(*sa), "adversarial_collection": state(*ac),
-                "atla": state(*atla)}
+                "sensor_bias": state(*bias), "atla": state(*atla)}
 
     per_seed = [seed(400, (300, 100, 50), 10, 380, 20, (420, (400, 90, 60)),
                      (380, (370, 300, 200)), (390, (350, 250, 150))),
@@ -230,6 +230,9 @@ def test_chapter5_tables_from_per_seed_results():
     assert rows["ATLA"]["attacked"] == 75 and rows["ATLA"]["defended"]["mean"] == 200
     assert abs(rows["ATLA"]["restoration"] - (150 / 400 + 250 / 500) / 2) < 1e-12
     assert rows["SA-PPO"]["defended"]["mean"] == 70  # (min(400, 90, 60) + min(450, 80, 120)) / 2
+    assert rows["sensor-offset randomization"]["defended"]["mean"] == 40
+    assert abs(rows["sensor-offset randomization"]["clean_ratio"] - (300 / 400 + 300 / 500) / 2) \
+        < 1e-12
     table3, table4 = ch5_rl.format_tables(out)
     assert "| learned adversary (PA-AD director, L-inf 0.1) | 75.0 [" in table3
 

@@ -1,7 +1,7 @@
 """Chapter 5: reinforcement learning on CartPole with TF-Agents PPO - the seed paper's Table 3
 (attacks: state perturbation - random noise, PGD on the policy, a learned optimal adversary -
 and reward manipulation) and Table 4 (defences: RewardGuard, DynamicRewardShaping, SA-PPO,
-adversarial collection, ATLA).
+adversarial collection, sensor-offset randomization, ATLA).
 
 TF-Agents agents need ``TF_USE_LEGACY_KERAS=1`` before TensorFlow is imported, which the demo
 process (Keras 3) cannot have; the chapter therefore runs its experiment in a child process
@@ -62,6 +62,8 @@ RECIPES = {
                                "DynamicRewardShaping (potential -abs(theta)/0.21 - abs(x)/2.4)"),
     "sa_ppo": ("state", f"SA-PPO (sa_eps {STATE_EPS}, weight 0.1)"),
     "adversarial_collection": ("state", "adversarial collection (p 0.5, PGD-3 on the live actor)"),
+    "sensor_bias": ("state", f"sensor-offset randomization (one offset per episode, L-inf "
+                             f"{STATE_EPS})"),
     "atla": ("state", "ATLA (alternating training vs the learned adversary, p 0.5)"),
 }
 STATE_ATTACKS = ("noise", "pgd", "learned")
@@ -84,6 +86,7 @@ def _env_maker(recipe: str):
         return rl.RewardTampering(make(), "flip", probability=TAMPER_PROBABILITY)
 
     return {"reward_tampering": tampered,
+            "sensor_bias": lambda: rl.ObservationNoise(make(), STATE_EPS, kind="bias"),
             "reward_guard": lambda: rl.RewardGuard(tampered(), reward_range=(0, 1)),
             "dynamic_reward_shaping": lambda: rl.DynamicRewardShaping(tampered(),
                                                                       potential=_potential),
@@ -520,7 +523,10 @@ def run(ctx) -> None:
         "Reward manipulation: PPO trained on RewardTampering sign flips with probability "
         f"{TAMPER_PROBABILITY}. Defences: the same tampered training behind RewardGuard or "
         "DynamicRewardShaping; SA-PPO (Zhang et al. 2020), adversarial collection (half the "
-        "collected steps attacked with PGD-3 against the live actor) and ATLA (Zhang et al. "
+        "collected steps attacked with PGD-3 against the live actor), sensor-offset "
+        "randomization (training observations carry one random offset per episode, in the "
+        f"L-inf {STATE_EPS} ball: on CartPole, PGD's perturbation acts as a sensor bias that "
+        "walks the cart off the track) and ATLA (Zhang et al. "
         "2021: PPO alternating with the learned adversary, half the steps attacked), each "
         "evaluated under the worst of the three state attacks (its own learned adversary "
         "included). Retention = attacked / clean reward; restoration = defended / PPO's clean "
