@@ -16,8 +16,9 @@ Recipes (``N`` = PPO iterations of 8 x 128 steps, default ``--iterations``):
 - ``sa-W[-N]``: SA-PPO with regularizer weight W (sa_eps = ``--eps``, PGD-5 solver).
 - ``atla-WARM-R-V-A-P``: ATLA, WARM clean iterations then R rounds of A adversary and V victim
   iterations, the victim attacked with probability P.
-- ``bias-P[-N]``: sensor-offset randomization: training observations carry one offset per
-  episode drawn in the L-inf ``--eps`` ball (``ObservationNoise(kind="bias")``), with probability P.
+- ``bias-P[-N[-S]]``: sensor-offset randomization: training observations carry one offset per
+  episode drawn in the L-inf ball of radius ``S * --eps`` (S defaults to 1;
+  ``ObservationNoise(kind="bias")``), with probability P.
 - ``biasatla-WARM-R-V-A-P``: ATLA on sensor-offset-randomized training environments.
 
 ``--decay`` anneals Adam's learning rate linearly to 0 over the training (common for PPO on
@@ -156,8 +157,9 @@ def main():
             else:
                 env_fn = biased if kind == "bias" else train_env
                 if kind == "bias":
-                    env_fn = lambda p=float(parts[1]): rl.ObservationNoise(  # noqa: E731
-                        train_env(), EPS, kind="bias", probability=p)
+                    scale = float(parts[3]) if len(parts) > 3 else 1.0
+                    env_fn = lambda p=float(parts[1]), r=scale * EPS: (  # noqa: E731
+                        rl.ObservationNoise(train_env(), r, kind="bias", probability=p))
                 agent = new_agent(seed, n, **({"sa_eps": EPS, "sa_weight": float(parts[1]),
                                                "sa_steps": 5} if kind == "sa" else {}))
                 rollout = ppo.VectorRollout(env_fn, 8, seed=seed)

@@ -1,8 +1,9 @@
 """Robust PPO recipes over several training seeds, with 95% confidence intervals: the seed's
 Tables 3 and 4 on TF-Agents PPO (CartPole-v1), the learned adversary, and the goal comparison.
 
-Each seed trains demo chapter 5's seven PPO recipes (plain PPO; PPO on reward sign flips, and
-behind RewardGuard / DynamicRewardShaping; SA-PPO; adversarial collection; ATLA) at a budget
+Each seed trains demo chapter 5's eight PPO recipes (plain PPO; PPO on reward sign flips, and
+behind RewardGuard / DynamicRewardShaping; SA-PPO; adversarial collection; sensor-offset
+randomization; ATLA) at a budget
 above the chapter's full one (``ch5_rl._settings(False, benchmark=True)``: 24 iterations of
 8 x 128 steps per agent) and evaluates the greedy policies clean and under random noise, PGD on the
 actor and a learned adversary (PA-AD director) trained against each agent
@@ -18,11 +19,12 @@ Per-seed results are appended to ``--out`` (JSON) as they finish, so a long run 
 before TensorFlow is imported: this script sets it first thing.
 
 With ``--jobs 2`` (the default) seeds run in two worker processes, one per core, each with
-one TensorFlow thread: on this 2-core machine that is faster than one process whose
-TensorFlow threads share both cores (measured in the run: the seeds' wall seconds are printed).
-A seed's results do not depend on the process it ran in (each is seeded by its index).
+one TensorFlow thread (six seeds took 12 min here; the earlier one-process run took 48 min for
+five, on a more loaded machine). Each seed is seeded by its index, so its results do not depend
+on the process it ran in (seeds 0-4 came out identical to the one-process run). ``--eps`` sets
+the attacks' and the robust recipes' L-inf budget (default: the chapter's 0.1).
 
-Run: ``.venv/bin/python benchmarks/rl_training.py [--seeds 5] [--jobs 2] [--out rl_training.json]``.
+Run: ``.venv/bin/python benchmarks/rl_training.py [--seeds 6] [--jobs 2] [--out rl_training.json]``.
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ def report(per_seed: list[dict], settings: dict) -> None:
     s = summarize(per_seed)
     print(f"\n{ch5_rl.ENV_ID}, {len(per_seed)} training seeds, {settings['iterations']} PPO "
           f"iterations of {settings['num_envs']} x {settings['steps']} steps, "
-          f"{settings['episodes']} evaluation episodes per seed, L-inf {ch5_rl.STATE_EPS}; "
+          f"{settings['episodes']} evaluation episodes per seed, L-inf {settings['eps']}; "
           "mean [95% t interval over seeds]\n")
     print("| recipe | clean reward | random noise | PGD | learned adversary | worst over "
           "attacks | restoration (worst / PPO clean) | clean / PPO clean |")
@@ -113,7 +115,7 @@ def report(per_seed: list[dict], settings: dict) -> None:
     for recipe, e in s.items():
         if e["kind"] == "reward":
             print(f"| {e['description']} | {e['clean']} | {100 * e['restoration'].mean:.1f}% |")
-    tables = ch5_rl.tables(per_seed)
+    tables = ch5_rl.tables(per_seed, settings["eps"])
     t3, t4 = ch5_rl.format_tables(tables)
     print("\nSeed Table 3 (attacks on PPO)\n\n" + t3 + "\n\nSeed Table 4 (defences)\n\n" + t4)
     base = s["ppo"]
@@ -142,12 +144,15 @@ def _run_seed(seed: int, settings: dict, verbose: bool = False):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=6)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--iterations", type=int, default=None,
                         help="PPO iterations per recipe (default: 24)")
     parser.add_argument("--jobs", type=int, default=2,
                         help="worker processes for the seeds (default: 2, one per core)")
+    parser.add_argument("--eps", type=float, default=ch5_rl.STATE_EPS,
+                        help="L-inf budget of the state attacks and of the robust recipes "
+                             f"(default: {ch5_rl.STATE_EPS})")
     parser.add_argument("--out", default="rl_training.json")
     parser.add_argument("--resume", action="store_true", help="keep the seeds already in --out")
     parser.add_argument("--skip-throughput", action="store_true")
@@ -159,10 +164,17 @@ def main():
     settings = ch5_rl._settings(False, benchmark=True)
     if args.iterations is not None:
         settings["iterations"] = args.iterations
+    if not args.eps > 0:
+        parser.error(f"--eps must be > 0; received {args.eps}")
+    settings["eps"] = args.eps
     done = []
     if args.resume and os.path.exists(args.out):
         with open(args.out, encoding="utf-8") as f:
-            done = json.load(f)["per_seed"]
+            saved = json.load(f)
+        if saved["settings"] != settings:
+            parser.error(f"--resume: {args.out} was run with other settings "
+                         f"({saved['settings']}); these are {settings}")
+        done = saved["per_seed"]
         for i, r in enumerate(done):
             r.setdefault("seed", args.first_seed + i)
     if not args.skip_throughput:

@@ -235,6 +235,13 @@ def test_chapter5_tables_from_per_seed_results():
         < 1e-12
     table3, table4 = ch5_rl.format_tables(out)
     assert "| learned adversary (PA-AD director, L-inf 0.1) | 75.0 [" in table3
+    # the budget is a setting (benchmarks/rl_training.py --eps): the labels follow it
+    other = ch5_rl.tables(per_seed, eps=0.05)
+    assert [r["attack"] for r in other["table3"][1:4]] == [
+        "random state noise (L-inf 0.05)", "adversarial states (PGD on the actor, L-inf 0.05)",
+        "learned adversary (PA-AD director, L-inf 0.05)"]
+    assert other["table3"][1:] == [dict(r, attack=o["attack"]) for r, o in
+                                   zip(t3[1:], other["table3"][1:])]
 
 
 # PPO on vector envs, the learned adversary's training and ATLA: TF-Agents agents need

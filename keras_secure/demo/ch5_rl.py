@@ -33,14 +33,16 @@ def _settings(quick: bool, benchmark: bool = False) -> dict:
     eagerly (the agents barely learn: it shows the pipeline, not the effect sizes). Full: one
     seed, 16 iterations of 8 x 128 steps per agent (about 3 minutes on an idle 2-core machine).
     ``benchmark=True``: the budget of ``benchmarks/rl_training.py`` (24 iterations per agent,
-    run for five seeds)."""
+    run for six seeds in docs/rl.md)."""
     if quick:
-        return {"seeds": 1, "num_envs": 4, "steps": 64, "iterations": 3, "num_epochs": 1,
+        return {"eps": STATE_EPS, "seeds": 1, "num_envs": 4, "steps": 64, "iterations": 3,
+                "num_epochs": 1,
                 "adversary_iterations": 1, "atla_warmup": 1, "atla_rounds": 1,
                 "atla_victim_iterations": 2, "atla_adversary_iterations": 1,
                 "episodes": 3, "max_steps": 100, "pgd_steps": 2, "director_steps": 3,
                 "compiled": False}
-    full = {"seeds": 1, "num_envs": 8, "steps": 128, "iterations": 16, "num_epochs": 10,
+    full = {"eps": STATE_EPS, "seeds": 1, "num_envs": 8, "steps": 128, "iterations": 16,
+            "num_epochs": 10,
             "adversary_iterations": 6, "atla_warmup": 8, "atla_rounds": 2,
             "atla_victim_iterations": 4, "atla_adversary_iterations": 3,
             "episodes": 10, "max_steps": 500, "pgd_steps": 5, "director_steps": 10,
@@ -60,10 +62,10 @@ RECIPES = {
     "reward_guard": ("reward", "RewardGuard (known range + median/MAD repair)"),
     "dynamic_reward_shaping": ("reward",
                                "DynamicRewardShaping (potential -abs(theta)/0.21 - abs(x)/2.4)"),
-    "sa_ppo": ("state", f"SA-PPO (sa_eps {STATE_EPS}, weight 0.1)"),
+    "sa_ppo": ("state", "SA-PPO (sa_eps = the attacks' budget, weight 0.1)"),
     "adversarial_collection": ("state", "adversarial collection (p 0.5, PGD-3 on the live actor)"),
-    "sensor_bias": ("state", f"sensor-offset randomization (one offset per episode, L-inf "
-                             f"{STATE_EPS})"),
+    "sensor_bias": ("state", "sensor-offset randomization (one offset per episode in the "
+                             "attacks' L-inf ball)"),
     "atla": ("state", "ATLA (alternating training vs the learned adversary, p 0.5)"),
 }
 STATE_ATTACKS = ("noise", "pgd", "learned")
@@ -74,7 +76,7 @@ def _potential(obs) -> float:
     return -abs(float(obs[2])) / 0.21 - abs(float(obs[0])) / 2.4
 
 
-def _env_maker(recipe: str):
+def _env_maker(recipe: str, eps: float = STATE_EPS):
     import gymnasium as gym
 
     from keras_secure import rl
@@ -86,7 +88,7 @@ def _env_maker(recipe: str):
         return rl.RewardTampering(make(), "flip", probability=TAMPER_PROBABILITY)
 
     return {"reward_tampering": tampered,
-            "sensor_bias": lambda: rl.ObservationNoise(make(), STATE_EPS, kind="bias"),
+            "sensor_bias": lambda: rl.ObservationNoise(make(), eps, kind="bias"),
             "reward_guard": lambda: rl.RewardGuard(tampered(), reward_range=(0, 1)),
             "dynamic_reward_shaping": lambda: rl.DynamicRewardShaping(tampered(),
                                                                       potential=_potential),
@@ -133,14 +135,15 @@ def train_recipe(recipe: str, seed: int, settings: dict, log=print):
     """Train one recipe's PPO agent; returns ``(agent, seconds, env_steps)``."""
     from keras_secure.rl import ppo
 
-    make = _env_maker(recipe)
+    eps = settings.get("eps", STATE_EPS)
+    make = _env_maker(recipe, eps)
     start = time.perf_counter()
     agent = ppo.make_ppo_agent(make(), seed=seed, num_epochs=settings["num_epochs"],
-                               sa_eps=STATE_EPS if recipe == "sa_ppo" else None,
+                               sa_eps=eps if recipe == "sa_ppo" else None,
                                sa_steps=settings["pgd_steps"])
     n, steps = settings["num_envs"], settings["steps"]
     if recipe == "atla":
-        ppo.atla_train(agent, make, STATE_EPS, rounds=settings["atla_rounds"],
+        ppo.atla_train(agent, make, eps, rounds=settings["atla_rounds"],
                        victim_iterations=settings["atla_victim_iterations"],
                        adversary_iterations=settings["atla_adversary_iterations"], seed=seed,
                        num_envs=n, steps=steps, probability=0.5,
@@ -152,7 +155,7 @@ def train_recipe(recipe: str, seed: int, settings: dict, log=print):
     else:
         observe = None
         if recipe == "adversarial_collection":
-            observe = pgd_attack(ppo.logits_fn(agent), STATE_EPS, 3, seed, probability=0.5)
+            observe = pgd_attack(ppo.logits_fn(agent), eps, 3, seed, probability=0.5)
         rollout = ppo.VectorRollout(make, n, seed=seed)
         ppo.train_ppo(agent, rollout, settings["iterations"], steps, observe=observe,
                       compiled=settings["compiled"])
@@ -187,10 +190,11 @@ def evaluate_recipe(recipe: str, agent, seed: int, settings: dict, log=print) ->
     if RECIPES[recipe][0] != "state":
         return out
     scores = ppo.logits_fn(agent)
-    out["noise"] = measure(noise_attack(STATE_EPS, eval_seed))
-    out["pgd"] = measure(pgd_attack(scores, STATE_EPS, settings["pgd_steps"], eval_seed))
+    eps = settings.get("eps", STATE_EPS)
+    out["noise"] = measure(noise_attack(eps, eval_seed))
+    out["pgd"] = measure(pgd_attack(scores, eps, settings["pgd_steps"], eval_seed))
     start = time.perf_counter()
-    adversary, perturber = ppo.make_adversary(make(), scores, STATE_EPS, seed=seed + 31,
+    adversary, perturber = ppo.make_adversary(make(), scores, eps, seed=seed + 31,
                                               attack_steps=settings["director_steps"],
                                               num_epochs=settings["num_epochs"])
     rollout = ppo.VectorRollout(make, settings["num_envs"], seed=seed + 5000)
@@ -226,7 +230,7 @@ def _summary(values) -> dict:
     return {"mean": values[0], "low": None, "high": None, "n": 1}
 
 
-def tables(per_seed: list[dict]) -> dict:
+def tables(per_seed: list[dict], eps: float = STATE_EPS) -> dict:
     """The seed's Tables 3 and 4 from :func:`run_seed` results over one or more seeds.
 
     Per seed, a recipe's ``worst`` is its lowest mean return over the state attacks; retention
@@ -250,9 +254,9 @@ def tables(per_seed: list[dict]) -> dict:
 
     table3 = [dict(attack="none", **row(clean, std=per_seed[0]["ppo"]["clean"]["std"]),
                    retention=1.0, deviation=0.0)]
-    names = {"noise": f"random state noise (L-inf {STATE_EPS})",
-             "pgd": f"adversarial states (PGD on the actor, L-inf {STATE_EPS})",
-             "learned": f"learned adversary (PA-AD director, L-inf {STATE_EPS})"}
+    names = {"noise": f"random state noise (L-inf {eps})",
+             "pgd": f"adversarial states (PGD on the actor, L-inf {eps})",
+             "learned": f"learned adversary (PA-AD director, L-inf {eps})"}
     for attack in STATE_ATTACKS:
         values = per("ppo", attack)
         table3.append(dict(attack=names[attack],
@@ -296,7 +300,8 @@ def experiment(quick: bool, seed: int, log=print) -> dict:
     per_seed = [run_seed(seed + k, settings, log) for k in range(settings["seeds"])]
     seconds = {r: sum(p[r]["train_seconds"] for p in per_seed) for r in RECIPES}
     steps = {r: sum(p[r]["env_steps"] for p in per_seed) for r in RECIPES}
-    return {"settings": settings, "env": ENV_ID, **tables(per_seed), "per_seed": per_seed,
+    return {"settings": settings, "env": ENV_ID, **tables(per_seed, settings["eps"]),
+            "per_seed": per_seed,
             "training_seconds": seconds,
             "env_steps_per_second": {r: steps[r] / seconds[r] for r in RECIPES}}
 
@@ -512,8 +517,9 @@ def run(ctx) -> None:
         f"Rewards are the true environment rewards over {settings['episodes']} seeded episodes "
         f"of the greedy policy ({settings['max_steps']} steps at most); with one seed '±' is "
         "the spread over those episodes, not a confidence interval - "
-        "`benchmarks/rl_training.py` runs five seeds with 95% intervals. State attacks perturb "
-        f"the observations within L-inf {STATE_EPS}: uniform noise, PGD-{settings['pgd_steps']} "
+        "`benchmarks/rl_training.py` runs six seeds with 95% intervals. State attacks perturb "
+        f"the observations within L-inf {settings['eps']}: uniform noise, "
+        f"PGD-{settings['pgd_steps']} "
         "on the agent's own actor (Huang et al. 2017), and a learned adversary: a PPO agent "
         f"trained for {settings['adversary_iterations']} iterations against this victim to "
         "minimise its return, choosing which action the victim should take while a targeted "
@@ -525,7 +531,8 @@ def run(ctx) -> None:
         "DynamicRewardShaping; SA-PPO (Zhang et al. 2020), adversarial collection (half the "
         "collected steps attacked with PGD-3 against the live actor), sensor-offset "
         "randomization (training observations carry one random offset per episode, in the "
-        f"L-inf {STATE_EPS} ball: on CartPole, PGD's perturbation acts as a sensor bias that "
+        f"L-inf {settings['eps']} ball: on CartPole, PGD's perturbation acts as a sensor bias "
+        "that "
         "walks the cart off the track) and ATLA (Zhang et al. "
         "2021: PPO alternating with the learned adversary, half the steps attacked), each "
         "evaluated under the worst of the three state attacks (its own learned adversary "
