@@ -590,9 +590,10 @@ class Pixels(gym.Env):
 
 @pytest.mark.parametrize("kind, eps", [("linf", 2.0), ("gaussian", 1.5), ("l2", 6.0)])
 def test_observation_noise_on_integer_images_is_unbiased(kind, eps):
-    # Zero-mean noise on an integer space must stay zero-mean: rounding to the nearest integer
-    # keeps it so (the noise is symmetric), a plain cast truncates toward zero and shifts every
-    # pixel by about -0.5 on average.
+    # Zero-mean noise on an integer space must stay zero-mean: rounding the change toward zero
+    # (L-inf, L2: it keeps the observation in the ball) or the value to the nearest integer
+    # (Gaussian) keeps it so (the noise is symmetric); a plain cast of the value truncates
+    # toward zero and shifts every pixel by about -0.5 on average.
     n = 3000
     env = rl.ObservationNoise(Pixels(n), eps=eps, kind=kind)
     env.reset(seed=0)
@@ -614,24 +615,39 @@ def test_observation_noise_on_integer_images_is_unbiased(kind, eps):
     assert abs(deviation.mean()) < 4.5 * se / 4
 
 
-def test_integer_observations_are_rounded_by_attack_and_denoising_wrappers():
+def test_integer_observations_stay_in_the_ball_and_are_rounded_by_denoising():
     import keras
 
     from keras_secure import attacks
 
     # z = [2041, sum of pixels = 2040]: greedy action 0 with margin 1, pushed away by raising
-    # every pixel; FGSM moves each pixel by exactly +0.6, which rounds to +1 (truncation would
-    # keep the pixel unchanged)
+    # every pixel. FGSM(eps) moves each pixel by exactly +eps; on uint8 pixels the change is
+    # rounded toward zero, so the observation never leaves the eps ball: +0.6 changes nothing
+    # (rounding to the nearest would give +1, an attack of budget 1 reported as 0.6), +1.6
+    # gives +1.
     policy = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),
                                keras.layers.Dense(2)])
     w = np.zeros((16, 2), np.float32)
     w[:, 1] = 1.0
     policy.layers[-1].set_weights([w, np.array([2041.0, 0.0], np.float32)])  # greedy: 0
-    env = rl.AdversarialObservation(Pixels(), policy, attacks.FGSM(0.6))
-    env.reset(seed=0)
-    obs = env.step(0)[0]
-    assert obs.dtype == np.uint8
-    np.testing.assert_array_equal(obs, Pixels.IMAGE + 1)
+    for eps, change in ((0.6, 0), (1.6, 1)):
+        env = rl.AdversarialObservation(Pixels(), policy, attacks.FGSM(eps))
+        env.reset(seed=0)
+        obs = env.step(0)[0]
+        assert obs.dtype == np.uint8
+        np.testing.assert_array_equal(obs, Pixels.IMAGE + change)
+    # every noise kind with a ball stays in it on integer pixels (0.6: nothing moves)
+    for kind, eps, norm in (("linf", 1.7, np.inf), ("l2", 2.5, 2), ("bias", 1.7, np.inf),
+                            ("linf", 0.6, np.inf), ("bias", 0.6, np.inf)):
+        noise = rl.ObservationNoise(Pixels(50), eps=eps, kind=kind)
+        noise.reset(seed=0)
+        for _ in range(50):
+            change = noise.step(0)[0].astype(np.float64) - Pixels.IMAGE
+            assert np.linalg.norm(change.ravel(), norm) <= eps + 1e-9
+            if eps < 1:
+                assert not change.any()
+        if kind == "bias":  # the reported offset is the one applied
+            np.testing.assert_array_equal(noise.bias, change)
     shift = rl.ObservationDenoising(Pixels(), lambda x: x - 0.7)
     shift.reset(seed=0)
     np.testing.assert_array_equal(shift.step(0)[0], Pixels.IMAGE - 1)  # not IMAGE - 0.7 -> -1

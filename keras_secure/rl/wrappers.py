@@ -47,6 +47,21 @@ def _check_probability(name, value):
     return check_number(name, value, low=0.0, high=1.0)
 
 
+def _perturbed_into_space(original, perturbed, space: gym.spaces.Box) -> np.ndarray:
+    """``perturbed`` as an observation of ``space`` that is, coordinate by coordinate, never
+    farther from ``original`` (an observation of ``space``) than ``perturbed`` is, so a
+    perturbation never leaves its budget's ball: on an integer ``dtype`` the change is rounded
+    toward zero (the integer points of a ball around an integer point are the ones inside it;
+    rounding to the nearest would let a change of 0.6 become 1), then clipped to the space's
+    bounds (``original`` is inside them) and cast to its ``dtype``. Symmetric noise stays
+    symmetric, hence unbiased."""
+    original = np.asarray(original, dtype=np.float64)
+    change = np.asarray(perturbed, dtype=np.float64) - original
+    if np.issubdtype(space.dtype, np.integer):
+        change = np.trunc(change)
+    return np.clip(original + change, space.low, space.high).astype(space.dtype)
+
+
 def _into_space(values, space: gym.spaces.Box) -> np.ndarray:
     """``values`` (floats) as an observation of ``space``: rounded to the nearest integer for
     an integer ``dtype`` (a plain cast truncates toward zero, which biases zero-mean noise by
@@ -147,10 +162,12 @@ class ObservationNoise(_OwnRandom, gym.ObservationWrapper, RecordConstructorArgs
     L-inf ball of radius ``eps`` (``"linf"``), uniform in the L2 ball (``"l2"``) or Gaussian
     with std ``eps`` (``"gaussian"``), drawn afresh each step. ``"bias"`` is a sensor offset
     instead: one vector drawn uniformly in the L-inf ``eps`` ball at each ``reset`` (with
-    probability ``probability`` per episode, else zero) and added to every observation of the
-    episode. The result is clipped to the observation space's finite bounds. On an integer
-    space (e.g. a ``uint8`` image) the noisy observation is rounded to the nearest integer,
-    which keeps the noise unbiased (a plain cast would truncate toward zero). Also a
+    probability ``probability`` per episode, else no offset: ``bias`` is then None) and added
+    to every observation of the episode. The result is clipped to the observation space's
+    finite bounds. On an integer space (e.g. a ``uint8`` image) the L-inf, L2 and bias noise
+    is rounded toward zero, so the perturbed observation stays inside the ball (an ``eps``
+    below 1 then changes nothing) and the noise stays symmetric, hence unbiased; Gaussian noise,
+    which has no ball, is rounded to the nearest integer. Also a
     defence-side tool: training with it is noise injection (``"bias"``: sensor-offset
     randomization, which on CartPole teaches the position feedback that PGD's sensor-bias
     attack defeats; see docs/rl.md).
@@ -193,20 +210,25 @@ class ObservationNoise(_OwnRandom, gym.ObservationWrapper, RecordConstructorArgs
         if self.kind == "bias":  # drawn before the first observation of the episode
             on = self.rng.random() < self.probability
             offset = self.rng.uniform(-self.eps, self.eps, self.observation_space.shape)
+            if np.issubdtype(self.observation_space.dtype, np.integer):
+                offset = np.trunc(offset)  # the offset an integer observation can carry
             self._bias = offset if on and self.eps > 0 else None
         return super().reset(seed=seed, options=options)
 
     @property
     def bias(self) -> np.ndarray | None:
-        """This episode's offset (``kind="bias"``), or None when the episode has none."""
+        """This episode's offset (``kind="bias"``; on an integer space, the whole-number offset
+        actually added), or None when the episode has none (``probability`` not drawn, or
+        ``eps == 0``). Clipping at the space's bounds can shorten it on a given step."""
         return None if self._bias is None else self._bias.copy()
 
     def observation(self, observation):
         if self.kind == "bias":
             if self._bias is None:
                 return observation
-            return _into_space(np.asarray(observation, dtype=np.float64) + self._bias,
-                               self.observation_space)
+            return _perturbed_into_space(observation,
+                                         np.asarray(observation, np.float64) + self._bias,
+                                         self.observation_space)
         if self.eps == 0 or self.rng.random() >= self.probability:
             return observation
         obs = np.asarray(observation, dtype=np.float64)
@@ -218,7 +240,9 @@ class ObservationNoise(_OwnRandom, gym.ObservationWrapper, RecordConstructorArgs
             direction = self.rng.normal(size=obs.shape)
             direction /= max(np.linalg.norm(direction), 1e-12)
             noise = direction * self.eps * self.rng.random() ** (1.0 / max(obs.size, 1))
-        return _into_space(obs + noise, self.observation_space)
+        if self.kind == "gaussian":  # no ball to stay in: nearest integer on integer spaces
+            return _into_space(obs + noise, self.observation_space)
+        return _perturbed_into_space(obs, obs + noise, self.observation_space)
 
 
 def _check_potential(env, potential):
@@ -313,7 +337,8 @@ class AdversarialObservation(_OwnRandom, gym.ObservationWrapper, RecordConstruct
     is replaced by ``attack(policy_fn, obs, greedy_action)``: a keras_secure
     evasion attack (FGSM, PGD, ...) that pushes the network's scores away from the action it
     would take, inside the attack's ``eps`` ball (observation units), clipped to the space's
-    finite bounds (and rounded to the nearest integer on an integer space). ``policy_fn`` maps
+    finite bounds (on an integer space the change is rounded toward zero, so the observation
+    stays inside the ball: an ``eps`` below 1 cannot change it). ``policy_fn`` maps
     a batch of observations to action logits or Q-values: a Keras model, or a TF-Agents
     network via ``lambda obs: network(obs)[0]``. White-box: the attacker knows the network.
 
@@ -376,7 +401,7 @@ class AdversarialObservation(_OwnRandom, gym.ObservationWrapper, RecordConstruct
                 raise ValueError(f"The observation must lie in the attack's value_range="
                                  f"{self.attack.value_range}. Received values in "
                                  f"[{x.min():g}, {x.max():g}]")
-        return _into_space(self._perturb(x).numpy()[0], space)
+        return _perturbed_into_space(observation, self._perturb(x).numpy()[0], space)
 
 
 def _check_untargeted_attack(attack, name: str = "attack"):
