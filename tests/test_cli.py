@@ -486,7 +486,12 @@ def test_quick_demo_writes_a_report(tmp_path, capsys):
         "none", "random state noise", "adversarial states", "learned adversary",
         "reward manipulation"]
     assert all(r["mean"] >= 8 and 0 <= r["retention"] for r in rl["table3"])
-    assert len(rl["table4"]) == 5 and all(r["restoration"] >= 0 for r in rl["table4"])
+    from keras_secure.demo.ch5_rl import RECIPES  # every defence: all but PPO and the attack
+
+    assert [r["defence"] for r in rl["table4"]] == [
+        d for k, (_, d) in RECIPES.items() if k not in ("ppo", "reward_tampering")]
+    assert "sensor-offset randomization" in rl["table4"][4]["defence"]
+    assert all(r["restoration"] >= 0 for r in rl["table4"])
     assert rl["seeds"] == 1
     assert "Table 3 - attacks on a PPO CartPole agent" in report
     # the HTML page: every chapter, self-contained, rendered by a real browser when there is one

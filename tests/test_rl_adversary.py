@@ -147,10 +147,81 @@ class DiscreteObs(gym.Env):
     (lambda: LearnedAdversaryObservation(SignBandit(), sign_victim,
                                          lambda o: np.full(len(o), 5), 0.1), "`adversary`"),
     (lambda: LearnedAdversaryObservation(SignBandit(), sign_victim, 3, 0.1), "`adversary`"),
+    (lambda: LearnedAdversaryObservation(SignBandit(), sign_victim,  # a float target action
+                                         lambda o: np.full(len(o), 0.5), 0.1), "`adversary`"),
+    (lambda: ObservationPerturber(sign_victim, gym.spaces.Discrete(4), 0.1), "Box"),
+    # a NumPy victim passes the shape check but cannot be traced: refused when built
+    (lambda: AdversaryEnv(SignBandit(), lambda o: np.concatenate([-o, o], 1), 0.1),
+     "TensorFlow / Keras operations"),
+    (lambda: AdversaryEnv(SignBandit(), lambda o: np.concatenate([-o, o], 1), 0.1,
+                          mode="state"), "TensorFlow / Keras operations"),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_adversary_bad_input(make, match):
     with pytest.raises((ValueError, TypeError), match=match):
         make()
+
+
+def test_perturber_refuses_actions_outside_the_adversary_space():
+    x = np.array([[0.2], [-0.4]], np.float32)
+    director = ObservationPerturber(sign_victim, SignBandit().observation_space, 0.1)
+    for bad in ([5, 0], [-1, 0], [0.7, 1.2], [0], [0, 1, 0], [np.nan, 0], ["a", "b"]):
+        with pytest.raises(ValueError, match="`actions` must be 2 whole numbers in"):
+            director.perturb(x, bad)
+    np.testing.assert_array_equal(director.perturb(x, [1.0, 0]), director.perturb(x, [1, 0]))
+    state = ObservationPerturber(sign_victim, SignBandit().observation_space, 0.1, mode="state")
+    for bad in ([[np.nan], [0.0]], [[0.1]], np.zeros((2, 2))):
+        with pytest.raises(ValueError, match="`actions` must be"):
+            state.perturb(x, bad)
+    np.testing.assert_allclose(state.perturb(x, [[3.0], [-1.0]]), [[0.3], [-0.5]], atol=1e-7)
+
+
+def test_perturber_stays_in_the_ball_on_integer_observations():
+    import tensorflow as tf
+
+    space = gym.spaces.Box(0, 255, (3,), np.uint8)
+    x = np.array([[100, 7, 250], [0, 255, 128]], np.float32)
+
+    def victim(obs):  # action 1 wants larger pixels
+        total = tf.reduce_sum(tf.convert_to_tensor(obs, tf.float32), axis=1, keepdims=True)
+        return tf.concat([300.0 - total, total - 300.0], axis=1)
+
+    for eps, limit in ((0.6, 0), (1.6, 1), (2.0, 2)):
+        for mode, actions in (("state", np.ones((2, 3))), ("state", -np.ones((2, 3))),
+                              ("director", [1, 0])):
+            out = ObservationPerturber(victim, space, eps, mode=mode).perturb(x, actions)
+            assert out.dtype == np.uint8
+            assert np.abs(out.astype(np.float64) - x).max() <= limit  # never beyond eps
+
+
+def test_evaluate_batched_refuses_what_it_cannot_mean():
+    def make():
+        return gym.make("CartPole-v1", max_episode_steps=20)
+
+    with pytest.raises(ValueError, match="one action per observation: 3"):
+        evaluate_batched(make, lambda o: np.zeros(1, int), episodes=3)
+    with pytest.raises(ValueError, match="outside the action space"):
+        evaluate_batched(make, lambda o: np.full(len(o), 2), episodes=2)
+    with pytest.raises(ValueError, match="outside the action space"):
+        evaluate_batched(make, lambda o: np.full(len(o), 0.5), episodes=2)
+    env = make()
+    with pytest.raises(ValueError, match="new environment on each call"):
+        evaluate_batched(lambda: env, lambda o: np.zeros(len(o), int), episodes=2)
+    with pytest.raises(TypeError, match="`make_env` must be a function"):
+        evaluate_batched(env, lambda o: np.zeros(len(o), int), episodes=2)
+    with pytest.raises(ValueError, match="`seed`"):
+        evaluate_batched(make, lambda o: np.zeros(len(o), int), episodes=2, seed=-1)
+
+
+def test_mean_confidence_interval_refuses_what_is_not_one_number_per_seed():
+    with pytest.raises(ValueError, match="one-dimensional"):
+        mean_confidence_interval([[1, 2], [3, 4]])
+    for values in (["a", "b"], [True, False]):
+        with pytest.raises(TypeError, match="`values` must be real numbers"):
+            mean_confidence_interval(values)
+    with pytest.raises(ValueError, match="too large"):
+        mean_confidence_interval([1e308, 1e308, -1e308])
+    ci = mean_confidence_interval(v for v in (1.0, 2.0, 3.0))  # any iterable
+    assert ci.mean == 2.0 and ci.n == 3
 
 
 def test_mean_confidence_interval_against_hand_computed_values():

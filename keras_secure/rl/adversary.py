@@ -32,7 +32,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.utils import RecordConstructorArgs
 
-from keras_secure.rl.wrappers import _check_policy, _into_space
+from keras_secure.rl.wrappers import _check_policy, _perturbed_into_space
 from keras_secure.validation import check_choice, check_number
 
 ADVERSARY_MODES = ("director", "state")
@@ -100,18 +100,24 @@ class ObservationPerturber:
     wants the victim to take; a targeted PGD (``steps`` steps, margin loss, no random start,
     so it is deterministic) on the victim's scores looks for the observation in the ball where
     ``k`` is the victim's greedy action. ``"state"`` mode (ATLA): action ``a`` in
-    ``[-1, 1]^d`` gives ``obs + eps * a``. The result is clipped to the observation space (and
-    rounded on an integer space).
+    ``[-1, 1]^d`` gives ``obs + eps * a``. The result is clipped to the observation space; on
+    an integer space the change is rounded toward zero, so it stays inside the ball (an ``eps``
+    below 1 cannot change an integer observation).
 
     Args:
-        victim_fn: batch of observations ``(batch, *obs_shape)`` -> scores ``(batch, n)``.
+        victim_fn: batch of observations ``(batch, *obs_shape)`` -> scores ``(batch, n)``,
+            written with TensorFlow / Keras operations: the director differentiates it inside
+            a ``tf.function`` (a NumPy function is refused at construction).
         observation_space: the environment's ``Box`` observation space.
         eps: L-inf radius in observation units, > 0.
         mode: ``"director"`` or ``"state"``. Defaults to ``"director"``.
         steps: PGD steps of the director's actor, >= 1. Defaults to 10.
 
     Raises:
-        ValueError / TypeError: for arguments out of range.
+        ValueError / TypeError: for arguments out of range, a non-Box observation space, or a
+            victim that cannot be run (and differentiated) by TensorFlow on a sample
+            observation; :meth:`perturb` raises them for actions outside the adversary's
+            action space.
 
     Example:
         >>> perturber = ObservationPerturber(q_net, env.observation_space, eps=0.1)
@@ -134,6 +140,10 @@ class ObservationPerturber:
         self.eps = check_number("eps", eps, low=0.0, low_inclusive=False)
         self.mode = check_choice("mode", mode, ADVERSARY_MODES)
         self.steps = check_number("steps", steps, low=1, integer=True)
+        if not isinstance(observation_space, gym.spaces.Box):
+            raise ValueError("`observation_space` must be a Box (the adversary perturbs "
+                             "observations inside an L-inf ball; a discrete one cannot be "
+                             f"perturbed). Received: observation_space={observation_space}")
         self.space = observation_space
         shape = tuple(observation_space.shape)
         logits_fn = as_classifier(victim_fn, from_logits=True).logits
@@ -151,19 +161,61 @@ class ObservationPerturber:
             return tf.argmax(logits_fn(x), axis=-1)
 
         self._director, self._greedy = director, greedy
+        sample = np.asarray(observation_space.sample(), np.float32)[np.newaxis]
+        try:  # the victim must run (and be differentiated) inside TensorFlow graphs
+            self.n_actions = int(logits_fn(sample).shape[-1])
+            greedy(sample)
+            director(sample, np.zeros(1, np.int64))
+        except Exception as err:  # noqa: BLE001 - say which argument and why
+            raise TypeError("`victim_fn` must map a batch of observations to action scores "
+                            "with TensorFlow / Keras operations (the director runs a "
+                            "targeted PGD on it inside a tf.function; a NumPy function cannot "
+                            "be traced). Calling it on a sample observation raised "
+                            f"{type(err).__name__}: {str(err).splitlines()[0][:300]}") from err
+
+    def check_actions(self, actions, batch: int) -> np.ndarray:
+        """The adversary's ``actions`` for a batch of ``batch`` observations, validated:
+        ``(batch,)`` whole numbers in ``[0, n_actions)`` (director) or ``(batch, *obs_shape)``
+        finite numbers (state; clipped to [-1, 1] by :meth:`perturb`).
+
+        Raises:
+            ValueError: naming ``actions``, for a wrong shape or values outside that space.
+        """
+        a = np.asarray(actions)
+        if self.mode == "director":
+            a = a.reshape(-1) if a.ndim else a.reshape(1)
+            if a.shape != (batch,) or not np.issubdtype(a.dtype, np.number) or \
+                    np.issubdtype(a.dtype, np.complexfloating) or not np.all(np.isfinite(a)) \
+                    or not np.all(a == np.round(a)) or a.min() < 0 or a.max() >= self.n_actions:
+                raise ValueError(f"`actions` must be {batch} whole numbers in [0, "
+                                 f"{self.n_actions}) (one target action per observation, "
+                                 f"director mode). Received: shape {np.shape(actions)}, "
+                                 f"values {np.asarray(actions).ravel()[:8].tolist()}")
+            return a.astype(np.int64)
+        expected = (batch, *self.space.shape)
+        if a.size != int(np.prod(expected)) or not np.issubdtype(a.dtype, np.number) or \
+                not np.all(np.isfinite(a)):
+            raise ValueError(f"`actions` must be {expected} finite numbers in [-1, 1] (the "
+                             "perturbation divided by eps, state mode). Received: shape "
+                             f"{np.shape(actions)}")
+        return a.astype(np.float32).reshape(expected)
 
     def perturb(self, observations, actions) -> np.ndarray:
         """Perturbed observations ``(batch, *obs_shape)`` for the adversary's ``actions``
         (``(batch,)`` integers in director mode, ``(batch, *obs_shape)`` in [-1, 1] in state
-        mode)."""
+        mode), each within ``eps`` of its observation in L-inf.
+
+        Raises:
+            ValueError: for actions outside the adversary's action space (:meth:`check_actions`).
+        """
         x = np.asarray(observations, np.float32)
+        actions = self.check_actions(actions, len(x))
         if self.mode == "director":
-            out = self._director(x, np.asarray(actions, np.int64).reshape(-1)).numpy()
+            out = self._director(x, actions).numpy()
         else:
-            a = np.clip(np.asarray(actions, np.float32).reshape(x.shape), -1.0, 1.0)
-            out = x + self.eps * a
-        # the PGD result lies in the ball; clipping to the space keeps the observation valid
-        return _into_space(np.clip(out, x - self.eps, x + self.eps), self.space)
+            out = x + self.eps * np.clip(actions, -1.0, 1.0)
+        # the PGD result lies in the ball up to float rounding; the projection makes it exact
+        return _perturbed_into_space(x, np.clip(out, x - self.eps, x + self.eps), self.space)
 
     def victim_actions(self, observations) -> np.ndarray:
         """The victim's greedy actions ``(batch,)`` on a batch of observations."""
@@ -290,8 +342,13 @@ class LearnedAdversaryObservation(gym.ObservationWrapper, RecordConstructorArgs)
         sample = np.asarray(env.observation_space.sample(), np.float32)[np.newaxis]
         out = np.asarray(adversary(sample))
         expected = (1,) if mode == "director" else (1, *env.observation_space.shape)
-        if out.shape != expected or not all(adv_space.contains(
-                np.asarray(a, adv_space.dtype)) for a in out):
+        try:
+            self.perturber.check_actions(out, 1)
+            valid = out.shape == expected and (mode == "director" or all(
+                adv_space.contains(np.asarray(a, adv_space.dtype)) for a in out))
+        except ValueError:
+            valid = False
+        if not valid:
             raise ValueError(f"`adversary` must map a batch of observations to actions of "
                              f"{adv_space} with shape (batch, ...) = {expected} for a batch of "
                              f"one. Received: shape {out.shape}, values {out.tolist()}")

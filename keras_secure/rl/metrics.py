@@ -111,7 +111,11 @@ def policy_deviation(env: gym.Env, policy: Callable[[Any], Any],
         env: the clean environment.
         policy: maps an observation to an action.
         perturb: maps a clean observation to the attacked one (e.g. an
-            :class:`~keras_secure.rl.ObservationNoise` wrapper's ``observation`` method).
+            :class:`~keras_secure.rl.ObservationNoise` wrapper's ``observation`` method; that
+            wrapper draws from its own generator, which only its own ``reset(seed=...)``
+            seeds - reset it first for a reproducible figure. A ``kind="bias"`` wrapper's
+            offset is drawn at that reset and stays the same over all ``episodes`` here;
+            evaluate on the wrapped environment itself to get one offset per episode).
         episodes: >= 1. Defaults to 5.
         seed: seed of the first episode. Defaults to 0.
 
@@ -120,6 +124,7 @@ def policy_deviation(env: gym.Env, policy: Callable[[Any], Any],
 
     Example:
         >>> noise = ObservationNoise(env, eps=0.1)
+        >>> noise.reset(seed=0)  # seeds the wrapper's own generator
         >>> policy_deviation(env, policy, noise.observation)
     """
     episodes = check_number("episodes", episodes, low=1, integer=True)
@@ -135,6 +140,18 @@ def policy_deviation(env: gym.Env, policy: Callable[[Any], Any],
             obs, _, terminated, truncated, _ = env.step(action)
             done = terminated or truncated
     return changed / total
+
+
+def _valid_action(space: gym.Space, action) -> bool:
+    """Whether ``action`` is an action of ``space`` (a whole number in range for Discrete)."""
+    a = np.asarray(action)
+    if isinstance(space, gym.spaces.Discrete):
+        return (a.ndim == 0 and np.issubdtype(a.dtype, np.number) and bool(np.isfinite(a))
+                and a == np.round(a) and space.contains(np.int64(a)))
+    try:
+        return bool(space.contains(a.astype(space.dtype)))
+    except (TypeError, ValueError):
+        return False
 
 
 def evaluate_batched(make_env: Callable[[], gym.Env], policy: Callable[[Any], Any],
@@ -163,14 +180,24 @@ def evaluate_batched(make_env: Callable[[], gym.Env], policy: Callable[[Any], An
         ``(EpisodeStats, deviation)``; ``deviation`` is None without ``observe``.
 
     Raises:
-        ValueError / TypeError: for arguments out of range.
+        ValueError / TypeError: for arguments out of range, a ``make_env`` that is not a
+            factory of new environments, or a ``policy`` that does not return one valid
+            action per observation.
 
     Example:
         >>> stats, deviation = evaluate_batched(make, greedy, 10, observe=pgd_batch)
     """
     episodes = check_number("episodes", episodes, low=1, integer=True)
     max_steps = check_number("max_steps", max_steps, low=1, integer=True, allow_none=True)
+    seed = check_number("seed", seed, low=0, integer=True)
+    if not callable(make_env) or isinstance(make_env, gym.Env):
+        raise TypeError("`make_env` must be a function returning a new environment (e.g. "
+                        "`lambda: gymnasium.make('CartPole-v1')`), called once per episode. "
+                        f"Received: make_env={make_env!r}")
     envs = [make_env() for _ in range(episodes)]
+    if len({id(env) for env in envs}) != episodes:
+        raise ValueError("`make_env` must return a new environment on each call (the episodes "
+                         "run side by side); it returned the same object twice")
     obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
     totals, lengths = np.zeros(episodes), np.zeros(episodes, int)
     active = list(range(episodes))
@@ -179,6 +206,13 @@ def evaluate_batched(make_env: Callable[[], gym.Env], policy: Callable[[Any], An
         batch = np.stack([np.asarray(obs[i]) for i in active])
         seen = batch if observe is None else observe(batch)
         actions = np.asarray(policy(seen))
+        if actions.ndim == 0 or len(actions) != len(active):
+            raise ValueError(f"`policy` must return one action per observation: "
+                             f"{len(active)} for this batch. Received: shape {actions.shape}")
+        bad = [a for i, a in zip(active, actions) if not _valid_action(envs[i].action_space, a)]
+        if bad:
+            raise ValueError(f"`policy` returned actions outside the action space "
+                             f"{envs[active[0]].action_space}: {np.asarray(bad).tolist()[:5]}")
         if observe is not None:
             changed += int(np.sum(actions != np.asarray(policy(batch))))
             visited += len(active)
@@ -227,14 +261,16 @@ def mean_confidence_interval(values, confidence: float = 0.95) -> MeanCI:
     evaluation return per training seed).
 
     Args:
-        values: at least 2 finite numbers.
+        values: at least 2 finite numbers, one per independent seed (1-D; any iterable).
         confidence: in (0, 1). Defaults to 0.95.
 
     Returns:
         :class:`MeanCI`.
 
     Raises:
-        ValueError: for fewer than 2 values, non-finite values or ``confidence`` outside (0, 1).
+        ValueError: for fewer than 2 values, values that are not one-dimensional (one per
+            seed), non-finite values or a non-finite result, or ``confidence`` outside (0, 1).
+        TypeError: for values that are not real numbers (strings, booleans).
 
     Example:
         >>> ci = mean_confidence_interval([1, 2, 3, 4, 5])   # 3.0 [1.04, 4.96]
@@ -243,11 +279,27 @@ def mean_confidence_interval(values, confidence: float = 0.95) -> MeanCI:
 
     confidence = check_number("confidence", confidence, low=0.0, high=1.0,
                               low_inclusive=False, high_inclusive=False)
-    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    if not isinstance(values, np.ndarray):
+        values = list(values) if not isinstance(values, (str, bytes)) else values
+    raw = np.asarray(values)
+    if raw.dtype == bool or not (np.issubdtype(raw.dtype, np.integer)
+                                 or np.issubdtype(raw.dtype, np.floating)):
+        raise TypeError("`values` must be real numbers, one per seed. Received: "
+                        f"values={values!r:.200}")
+    if raw.ndim != 1:
+        raise ValueError("`values` must be one-dimensional: one number per independent seed "
+                         "(average each seed's episodes first; flattening seeds x episodes "
+                         "would count episodes as independent seeds). Received: shape "
+                         f"{raw.shape}")
+    v = raw.astype(np.float64)
     if v.size < 2 or not np.all(np.isfinite(v)):
         raise ValueError("`values` must hold at least 2 finite numbers (one per seed) for a "
-                         f"confidence interval. Received: values={np.asarray(values).tolist()}")
-    mean = float(v.mean())
-    half = float(scipy_stats.t.ppf((1 + confidence) / 2, v.size - 1)
-                 * v.std(ddof=1) / np.sqrt(v.size))
+                         f"confidence interval. Received: values={raw.tolist()}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = float(v.mean())
+        half = float(scipy_stats.t.ppf((1 + confidence) / 2, v.size - 1)
+                     * v.std(ddof=1) / np.sqrt(v.size))
+    if not (np.isfinite(mean) and np.isfinite(half)):
+        raise ValueError("`values` are too large for a finite mean and interval in float64. "
+                         f"Received: values={raw.tolist()[:5]}")
     return MeanCI(mean, mean - half, mean + half, int(v.size), confidence)
