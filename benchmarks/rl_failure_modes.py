@@ -112,6 +112,15 @@ def main():
     parser.add_argument("--eps", default="0.1,0.05,0.02",
                         help="budgets for the linear policies (comma-separated)")
     args = parser.parse_args()
+    for name in ("seeds", "episodes", "linear"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1; received {getattr(args, name)}")
+    try:
+        budgets = [float(e) for e in args.eps.split(",")]
+    except ValueError:
+        parser.error(f"--eps must be comma-separated numbers; received {args.eps!r}")
+    if not all(0 < e < float("inf") for e in budgets):
+        parser.error(f"--eps values must be finite and > 0; received {args.eps!r}")
     settings = ch5_rl._settings(False, benchmark=True)
     rows = [r for seed in range(args.seeds)
             for r in attacked_episodes(seed, args.episodes, settings)]
@@ -133,8 +142,11 @@ def main():
     print("| L-inf eps | drawn | balance the clean pole (>= 475 steps) | keep >= 475 steps "
           "against all | best worst case | median worst case |")
     print("|---|---|---|---|---|---|")
-    for eps in (float(e) for e in args.eps.split(",")):
+    for eps in budgets:
         count, balancing, worst = linear_policies(args.linear, eps)
+        if not worst:
+            print(f"| {eps} | {count} | 0 | - | - | - |", flush=True)
+            continue
         robust = sum(w >= 475 for w in worst)
         print(f"| {eps} | {count} | {balancing} | {robust} | {np.max(worst):.1f} | "
               f"{np.median(worst):.1f} |", flush=True)

@@ -53,12 +53,72 @@ from keras_secure.rl.metrics import evaluate_batched, mean_confidence_interval  
 EPS = ch5_rl.STATE_EPS  # replaced by --eps
 
 
+#: recipe -> its parameters: (name, type, lowest allowed, highest allowed, default or None if
+#: required); parameters are written after the recipe's name, separated by "-"
+RECIPES = {
+    "ppo": [("N", int, 1, None, "--iterations")],
+    "adv": [("P", float, 0.0, 1.0, None), ("RAMP", int, 0, None, None),
+            ("N", int, 1, None, "--iterations")],
+    "sa": [("W", float, 0.0, None, None), ("N", int, 1, None, "--iterations")],
+    "bias": [("P", float, 0.0, 1.0, None), ("N", int, 1, None, "--iterations"),
+             ("S", float, 1e-9, None, 1.0)],
+    "atla": [("WARM", int, 0, None, None), ("R", int, 1, None, None), ("V", int, 1, None, None),
+             ("A", int, 1, None, None), ("P", float, 0.0, 1.0, None)],
+}
+RECIPES["biasatla"] = RECIPES["atla"]
+GRAMMAR = ", ".join(name + "".join(f"-{p[0]}" if p[4] is None else f"[-{p[0]}]" for p in params)
+                    for name, params in RECIPES.items())
+
+
+def parse_recipe(text: str, iterations: int) -> tuple[str, list]:
+    """``"adv-0.5-12"`` -> ``("adv", [0.5, 12, iterations])``, validated; raises ValueError
+    naming the recipe and the grammar."""
+    kind, *values = text.split("-")
+    if kind not in RECIPES:
+        raise ValueError(f"unknown recipe {text!r}; recipes: {GRAMMAR}")
+    params = RECIPES[kind]
+    required = sum(p[4] is None for p in params)
+    if not required <= len(values) <= len(params):
+        optional = "-".join(p[0] for p in params[required:])
+        raise ValueError(f"recipe {text!r}: {kind} takes "
+                         f"{kind + ''.join('-' + p[0] for p in params[:required])}"
+                         + (f", optionally followed by -{optional}" if optional else ""))
+    out = []
+    for (name, cast, low, high, default), value in zip(
+            params, values + [None] * (len(params) - len(values))):
+        if value is None:
+            out.append(iterations if default == "--iterations" else default)
+            continue
+        try:
+            number = cast(value)
+        except ValueError:
+            raise ValueError(f"recipe {text!r}: {name} must be {cast.__name__}; received "
+                             f"{value!r}") from None
+        if not np.isfinite(number) or number < low or (high is not None and number > high):
+            raise ValueError(f"recipe {text!r}: {name} must be in [{low}, "
+                             f"{'inf' if high is None else high}]; received {value!r}")
+        out.append(number)
+    return kind, out
+
+
 def summary(path: str) -> None:
     groups = collections.defaultdict(list)
+    seen = set()
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            groups[(row["options"], row["recipe"])].append(row)
+        for number, line in enumerate(f, 1):
+            try:
+                row = json.loads(line)
+                key = (row["options"], row["recipe"], row["seed"])
+            except (ValueError, KeyError, TypeError):
+                raise SystemExit(f"--summary: line {number} of {path} is not a result line of "
+                                 "this script") from None
+            if key in seen:  # a re-run seed would count twice and narrow the interval
+                raise SystemExit(f"--summary: seed {key[2]} of recipe {key[1]!r} ({key[0]}) "
+                                 f"appears twice in {path}; remove one of the lines")
+            seen.add(key)
+            groups[key[:2]].append(row)
+    if not groups:
+        raise SystemExit(f"--summary: {path} holds no results")
     for (options, recipe), rows in sorted(groups.items()):
         parts = [f"{options} {recipe}: {len(rows)} seeds"]
         for key in ("clean", "noise", "pgd", "learned", "worst"):
@@ -71,7 +131,9 @@ def summary(path: str) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
-    parser.add_argument("--recipes", default="ppo", help="comma-separated recipes (see above)")
+    parser.add_argument("--recipes", default="ppo",
+                        help=f"comma-separated recipes, each one of: {GRAMMAR} (see the "
+                             "module docstring)")
     parser.add_argument("--iterations", type=int, default=24)
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--adversary-iterations", type=int, default=8)
@@ -83,7 +145,23 @@ def main():
     parser.add_argument("--summary", action="store_true", help="summarize --out and exit")
     args = parser.parse_args()
     if args.summary:
+        if not os.path.exists(args.out):
+            parser.error(f"--summary: no results file {args.out} (give it with --out)")
         return summary(args.out)
+    for name in ("iterations", "episodes", "adversary_iterations"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1; received "
+                         f"{getattr(args, name)}")
+    if not 0 < args.eps < float("inf"):
+        parser.error(f"--eps must be a finite number > 0; received {args.eps}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+        recipes = [(name, *parse_recipe(name, args.iterations))
+                   for name in args.recipes.split(",")]
+    except ValueError as err:
+        parser.error(str(err))
+    if min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        parser.error(f"--seeds must be distinct integers >= 0; received {args.seeds}")
     global EPS
     EPS = args.eps
 
@@ -130,51 +208,44 @@ def main():
         out["worst"] = min(out["noise"], out["pgd"], out["learned"])
         return out
 
-    def atla(seed, parts, env_fn):
-        warm, rounds, victim_its, adversary_its = map(int, parts[1:5])
+    def atla(seed, values, env_fn):
+        warm, rounds, victim_its, adversary_its, probability = values
         agent = new_agent(seed, warm + rounds * victim_its)
         ppo.atla_train(agent, env_fn, EPS, rounds=rounds, victim_iterations=victim_its,
-                       adversary_iterations=adversary_its, seed=seed,
-                       probability=float(parts[5]), attack_steps=10, warmup_iterations=warm,
-                       num_epochs=10)
+                       adversary_iterations=adversary_its, seed=seed, probability=probability,
+                       attack_steps=10, warmup_iterations=warm, num_epochs=10)
         return agent
 
-    options = " ".join(f"{k}={v}" for k, v in (("eps", args.eps), ("decay", args.decay),
-                                                    ("shape", args.shape)))
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        for name in args.recipes.split(","):
+    # everything that sets the budget is in the key --summary groups by
+    options = " ".join(f"{k}={v}" for k, v in (
+        ("eps", args.eps), ("decay", args.decay), ("shape", args.shape),
+        ("iterations", args.iterations), ("episodes", args.episodes),
+        ("adversary_iterations", args.adversary_iterations)))
+    for seed in seeds:
+        for name, kind, values in recipes:
             start = time.perf_counter()
-            parts = name.split("-")
-            kind = parts[0]
-            n = args.iterations
-            if kind in ("ppo", "sa", "bias", "adv"):
-                position = {"ppo": 1, "sa": 2, "bias": 2, "adv": 3}[kind]
-                n = int(parts[position]) if len(parts) > position else n
-            if kind == "atla":
-                agent = atla(seed, parts, train_env)
-            elif kind == "biasatla":
-                agent = atla(seed, parts, biased)
+            if kind in ("atla", "biasatla"):
+                agent = atla(seed, values, biased if kind == "biasatla" else train_env)
             else:
-                env_fn = biased if kind == "bias" else train_env
+                env_fn = train_env
                 if kind == "bias":
-                    scale = float(parts[3]) if len(parts) > 3 else 1.0
-                    env_fn = lambda p=float(parts[1]), r=scale * EPS: (  # noqa: E731
+                    probability, n, scale = values
+                    env_fn = lambda p=probability, r=scale * EPS: (  # noqa: E731
                         rl.ObservationNoise(train_env(), r, kind="bias", probability=p))
-                agent = new_agent(seed, n, **({"sa_eps": EPS, "sa_weight": float(parts[1]),
+                n = values[{"ppo": 0, "adv": 2, "sa": 1, "bias": 1}[kind]]
+                agent = new_agent(seed, n, **({"sa_eps": EPS, "sa_weight": values[0],
                                                "sa_steps": 5} if kind == "sa" else {}))
                 rollout = ppo.VectorRollout(env_fn, 8, seed=seed)
                 if kind == "adv":
                     scores = ppo.logits_fn(agent)
-                    ramp = int(parts[2])
+                    probability, ramp = values[0], values[1]
                     for i in range(n):
                         eps = EPS * min(1.0, (i + 1) / ramp) if ramp else EPS
                         attack = ch5_rl.pgd_attack(scores, eps, 3, seed + i,
-                                                   probability=float(parts[1]))
+                                                   probability=probability)
                         ppo.train_ppo(agent, rollout, 1, 128, observe=attack)
-                elif kind in ("ppo", "sa", "bias"):
-                    ppo.train_ppo(agent, rollout, n, 128)
                 else:
-                    raise SystemExit(f"unknown recipe {name!r}")
+                    ppo.train_ppo(agent, rollout, n, 128)
                 rollout.close()
             seconds = time.perf_counter() - start
             row = {"recipe": name, "options": options, "seed": seed, **evaluate(agent, seed),

@@ -164,13 +164,21 @@ def main():
     settings = ch5_rl._settings(False, benchmark=True)
     if args.iterations is not None:
         settings["iterations"] = args.iterations
-    if not args.eps > 0:
-        parser.error(f"--eps must be > 0; received {args.eps}")
+    if not 0 < args.eps < float("inf"):
+        parser.error(f"--eps must be a finite number > 0; received {args.eps}")
+    if args.iterations is not None and args.iterations < 1:
+        parser.error(f"--iterations must be >= 1; received {args.iterations}")
+    if args.first_seed < 0:
+        parser.error(f"--first-seed must be >= 0; received {args.first_seed}")
     settings["eps"] = args.eps
     done = []
     if args.resume and os.path.exists(args.out):
-        with open(args.out, encoding="utf-8") as f:
-            saved = json.load(f)
+        try:
+            with open(args.out, encoding="utf-8") as f:
+                saved = json.load(f)
+            saved["settings"], saved["per_seed"]
+        except (ValueError, KeyError, TypeError):
+            parser.error(f"--resume: {args.out} is not a results file of this script")
         if saved["settings"] != settings:
             parser.error(f"--resume: {args.out} was run with other settings "
                          f"({saved['settings']}); these are {settings}")
@@ -192,7 +200,17 @@ def main():
         pool = concurrent.futures.ProcessPoolExecutor(
             min(args.jobs, len(todo)), mp_context=multiprocessing.get_context("spawn"))
         futures = {pool.submit(_run_seed, seed, settings): seed for seed in todo}
-        finished = (f.result() for f in concurrent.futures.as_completed(futures))
+
+        def results():
+            for future in concurrent.futures.as_completed(futures):
+                try:
+                    yield future.result()
+                except Exception as err:  # stop the other workers, then say which seed failed
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise SystemExit(f"seed {futures[future]} failed: {type(err).__name__}: "
+                                     f"{err}") from err
+
+        finished = results()
     else:
         pool = None
         finished = (_run_seed(seed, settings, verbose=True) for seed in todo)
