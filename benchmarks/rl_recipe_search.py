@@ -3,10 +3,12 @@
 Each recipe named on the command line is trained from scratch for every seed given and
 evaluated as ``benchmarks/rl_training.py`` does (greedy policy, clean and under uniform noise,
 PGD-5 on its actor and a learned adversary - a PA-AD director PPO agent trained for
-``--adversary-iterations`` against it - all at L-inf ``--eps``, default 0.1, ``--episodes`` episodes). One JSON
-line per (recipe, seed) is appended to ``--out``; ``--summary`` prints mean and 95% t
-intervals per recipe from that file. Use it to screen recipes on a few seeds before a full
-``rl_training.py`` run; the figures quoted in docs/rl.md ("What was tried") came from it.
+``--adversary-iterations`` against it - all at L-inf ``--eps``, default 0.1, over
+``--episodes`` episodes). One JSON line per (recipe, seed) is appended to ``--out``, the
+recipe written with all its parameters (``ppo`` with ``--iterations 24`` is recorded as
+``ppo-24``); ``--summary`` prints mean and 95% t intervals per recipe from that file. Use it
+to screen recipes on a few seeds before a full ``rl_training.py`` run; the figures quoted in
+docs/rl.md ("What was tried") came from it and from its earlier form.
 
 Recipes (``N`` = PPO iterations of 8 x 128 steps, default ``--iterations``):
 
@@ -156,8 +158,12 @@ def main():
         parser.error(f"--eps must be a finite number > 0; received {args.eps}")
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
-        recipes = [(name, *parse_recipe(name, args.iterations))
-                   for name in args.recipes.split(",")]
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers; received {args.seeds!r}")
+    try:  # each recipe is labelled with every parameter it ran with (defaults resolved)
+        recipes = [(kind + "".join(f"-{v:g}" for v in values), kind, values)
+                   for kind, values in (parse_recipe(name, args.iterations)
+                                        for name in args.recipes.split(","))]
     except ValueError as err:
         parser.error(str(err))
     if min(seeds) < 0 or len(set(seeds)) != len(seeds):
@@ -219,8 +225,7 @@ def main():
     # everything that sets the budget is in the key --summary groups by
     options = " ".join(f"{k}={v}" for k, v in (
         ("eps", args.eps), ("decay", args.decay), ("shape", args.shape),
-        ("iterations", args.iterations), ("episodes", args.episodes),
-        ("adversary_iterations", args.adversary_iterations)))
+        ("episodes", args.episodes), ("adversary_iterations", args.adversary_iterations)))
     for seed in seeds:
         for name, kind, values in recipes:
             start = time.perf_counter()

@@ -193,6 +193,72 @@ def test_perturber_stays_in_the_ball_on_integer_observations():
             assert np.abs(out.astype(np.float64) - x).max() <= limit  # never beyond eps
 
 
+class Const(gym.Env):
+    """Always the same observation ``value`` in ``Box(low, high)`` of ``dtype``."""
+
+    def __init__(self, value, low, high, dtype):
+        self.value = np.array(value, dtype)
+        self.observation_space = gym.spaces.Box(low, high, self.value.shape, dtype)
+        self.action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.value.copy(), {}
+
+    def step(self, action):
+        return self.value.copy(), 1.0, False, False, {}
+
+
+def test_perturbations_are_exact_in_the_observation_dtype_and_never_past_eps():
+    import keras
+
+    from keras_secure import attacks
+    from keras_secure.rl import AdversarialObservation, ObservationNoise
+
+    # values float32 cannot hold: a change of 0 must leave them exactly as they are
+    big = Const([123456789, 5], -2**31, 2**31 - 1, np.int32)
+    for mode, actions in (("state", np.ones((1, 2))), ("director", [1])):
+        out = ObservationPerturber(sign_victim, big.observation_space, 0.5,
+                                   mode=mode).perturb(big.value[None], actions)
+        np.testing.assert_array_equal(out, big.value[None])  # eps < 1: nothing moves
+    huge = Const([2**62 + 1, 3], -2**63, 2**63 - 1, np.int64)
+    noise = ObservationNoise(huge, 0.5)
+    noise.reset(seed=0)
+    np.testing.assert_array_equal(noise.step(0)[0], huge.value)
+    wide = Const([123456789.123, 3.0], -1e12, 1e12, np.float64)
+    out = ObservationPerturber(sign_victim, wide.observation_space, 0.5,
+                               mode="state").perturb(wide.value[None], np.zeros((1, 2)))
+    np.testing.assert_array_equal(out, wide.value[None])
+    # float32: the cast never rounds a change of eps one step past eps
+    policy = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        value = rng.uniform(-0.8, 0.8, 2).astype(np.float32)
+        env = AdversarialObservation(Const(value, -1, 1, np.float32), policy, attacks.FGSM(0.1))
+        env.reset(seed=0)
+        change = env.step(0)[0].astype(np.float64) - value.astype(np.float64)
+        assert np.abs(change).max() <= 0.1
+    # an observation outside its declared space is not clipped by more than eps
+    outside = ObservationNoise(Const([5.0, -3.0], -1, 1, np.float32), 0.1)
+    outside.reset(seed=0)
+    assert np.abs(outside.step(0)[0] - np.array([5.0, -3.0])).max() <= 0.1 + 1e-6
+
+
+def test_adversary_env_step_refuses_invalid_target_actions():
+    env = AdversaryEnv(SignBandit(), sign_victim, 0.1)
+    env.reset(seed=0)
+    for bad in (0.99, 1.7, "1", True, None, np.array([1]), 2, -1):
+        with pytest.raises(ValueError, match="`action` must be"):
+            env.step(bad)
+    for good in (1, np.int64(0), 1.0):
+        env.step(good)
+    state = AdversaryEnv(SignBandit(), sign_victim, 0.1, mode="state")
+    state.reset(seed=0)
+    with pytest.raises(ValueError, match="`action` must be an array of shape"):
+        state.step(np.zeros(3))
+    state.step(np.array([3.0], np.float32))  # outside [-1, 1]: clipped, as documented
+
+
 def test_evaluate_batched_refuses_what_it_cannot_mean():
     def make():
         return gym.make("CartPole-v1", max_episode_steps=20)
@@ -210,18 +276,39 @@ def test_evaluate_batched_refuses_what_it_cannot_mean():
         evaluate_batched(env, lambda o: np.zeros(len(o), int), episodes=2)
     with pytest.raises(ValueError, match="`seed`"):
         evaluate_batched(make, lambda o: np.zeros(len(o), int), episodes=2, seed=-1)
+    with pytest.raises(TypeError, match="`make_env` must return a gymnasium environment"):
+        evaluate_batched(lambda: None, lambda o: np.zeros(len(o), int), episodes=2)
+    with pytest.raises(TypeError, match="`policy` must be callable"):
+        evaluate_batched(make, 3, episodes=2)
+    with pytest.raises(ValueError, match="`seed`"):
+        evaluate_policy(make(), lambda o: 0, episodes=1, seed=-1)
+    with pytest.raises(TypeError, match="`env` must be a gymnasium environment"):
+        evaluate_policy(gym.Env, lambda o: 0, episodes=1)
+    # accepted: NumPy integer seeds, boolean and whole-number float actions
+    by_bool, _ = evaluate_batched(make, lambda o: o[:, 2] > 0, episodes=3, seed=np.int64(1))
+    by_int, _ = evaluate_batched(make, lambda o: (o[:, 2] > 0).astype(float), episodes=3,
+                                 seed=1)
+    ref = evaluate_policy(make(), lambda o: int(o[2] > 0), episodes=3, seed=np.int64(1))
+    assert by_bool.returns == by_int.returns == ref.returns
 
 
 def test_mean_confidence_interval_refuses_what_is_not_one_number_per_seed():
     with pytest.raises(ValueError, match="one-dimensional"):
         mean_confidence_interval([[1, 2], [3, 4]])
     for values in (["a", "b"], [True, False]):
-        with pytest.raises(TypeError, match="`values` must be real numbers"):
+        with pytest.raises(TypeError, match="`values` must be an iterable of real numbers"):
             mean_confidence_interval(values)
     with pytest.raises(ValueError, match="too large"):
         mean_confidence_interval([1e308, 1e308, -1e308])
+    for values in ([1, 2, True], 5.0, None, [1, [2]]):
+        with pytest.raises(TypeError, match="`values` must be an iterable of real numbers"):
+            mean_confidence_interval(values)
     ci = mean_confidence_interval(v for v in (1.0, 2.0, 3.0))  # any iterable
     assert ci.mean == 2.0 and ci.n == 3
+    assert mean_confidence_interval(np.array([1, 2, 3], dtype=object)).mean == 2.0
+    # small values keep their digits when printed (fractions, retention)
+    assert str(mean_confidence_interval([0.001, 0.002, 0.003])) == "0.002 [-0.000484, 0.00448]"
+    assert str(mean_confidence_interval([400.0, 500.0])) == "450.0 [-185.3, 1085.3]"
 
 
 def test_mean_confidence_interval_against_hand_computed_values():

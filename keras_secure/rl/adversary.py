@@ -140,6 +140,9 @@ class ObservationPerturber:
         self.eps = check_number("eps", eps, low=0.0, low_inclusive=False)
         self.mode = check_choice("mode", mode, ADVERSARY_MODES)
         self.steps = check_number("steps", steps, low=1, integer=True)
+        if not callable(victim_fn):
+            raise TypeError(f"`victim_fn` must be callable (a batch of observations -> action "
+                            f"scores). Received: victim_fn={victim_fn!r}")
         if not isinstance(observation_space, gym.spaces.Box):
             raise ValueError("`observation_space` must be a Box (the adversary perturbs "
                              "observations inside an L-inf ball; a discrete one cannot be "
@@ -163,17 +166,22 @@ class ObservationPerturber:
         self._director, self._greedy = director, greedy
         sample = np.asarray(observation_space.sample(), np.float32)[np.newaxis]
         try:  # the victim must run (and be differentiated) inside TensorFlow graphs
-            self.n_actions = int(logits_fn(sample).shape[-1])
+            scores_shape = tuple(logits_fn(sample).shape)
+            if len(scores_shape) != 2 or scores_shape[0] != 1:
+                raise ValueError(f"scores must have shape (batch, n_actions); got "
+                                 f"{scores_shape} for a batch of one")
+            self.n_actions = int(scores_shape[-1])
             greedy(sample)
             director(sample, np.zeros(1, np.int64))
         except Exception as err:  # noqa: BLE001 - say which argument and why
             raise TypeError("`victim_fn` must map a batch of observations to action scores "
-                            "with TensorFlow / Keras operations (the director runs a "
-                            "targeted PGD on it inside a tf.function; a NumPy function cannot "
-                            "be traced). Calling it on a sample observation raised "
-                            f"{type(err).__name__}: {str(err).splitlines()[0][:300]}") from err
+                            "(batch, n_actions) with TensorFlow / Keras operations (the "
+                            "director runs a targeted PGD on it inside a tf.function, so a "
+                            "NumPy function cannot be used). Calling it on a sample "
+                            f"observation raised {type(err).__name__}: "
+                            f"{str(err).splitlines()[0][:300]}") from err
 
-    def check_actions(self, actions, batch: int) -> np.ndarray:
+    def check_actions(self, actions, batch: int, name: str = "actions") -> np.ndarray:
         """The adversary's ``actions`` for a batch of ``batch`` observations, validated:
         ``(batch,)`` whole numbers in ``[0, n_actions)`` (director) or ``(batch, *obs_shape)``
         finite numbers (state; clipped to [-1, 1] by :meth:`perturb`).
@@ -184,21 +192,22 @@ class ObservationPerturber:
         a = np.asarray(actions)
         if self.mode == "director":
             a = a.reshape(-1) if a.ndim else a.reshape(1)
-            if a.shape != (batch,) or not np.issubdtype(a.dtype, np.number) or \
+            if a.shape != (batch,) or a.dtype == bool or not np.issubdtype(a.dtype, np.number) \
+                    or \
                     np.issubdtype(a.dtype, np.complexfloating) or not np.all(np.isfinite(a)) \
                     or not np.all(a == np.round(a)) or a.min() < 0 or a.max() >= self.n_actions:
-                raise ValueError(f"`actions` must be {batch} whole numbers in [0, "
+                raise ValueError(f"`{name}` must be {batch} whole number{'s' * (batch > 1)} in [0, "
                                  f"{self.n_actions}) (one target action per observation, "
                                  f"director mode). Received: shape {np.shape(actions)}, "
                                  f"values {np.asarray(actions).ravel()[:8].tolist()}")
             return a.astype(np.int64)
         expected = (batch, *self.space.shape)
-        if a.size != int(np.prod(expected)) or not np.issubdtype(a.dtype, np.number) or \
-                not np.all(np.isfinite(a)):
-            raise ValueError(f"`actions` must be {expected} finite numbers in [-1, 1] (the "
-                             "perturbation divided by eps, state mode). Received: shape "
-                             f"{np.shape(actions)}")
-        return a.astype(np.float32).reshape(expected)
+        if a.shape != expected or a.dtype == bool or not np.issubdtype(a.dtype, np.number) \
+                or not np.all(np.isfinite(a)):
+            raise ValueError(f"`{name}` must be an array of shape {expected} of finite "
+                             "numbers (the perturbation divided by eps, state mode; values "
+                             f"outside [-1, 1] are clipped). Received: shape {np.shape(actions)}")
+        return a.astype(np.float32)
 
     def perturb(self, observations, actions) -> np.ndarray:
         """Perturbed observations ``(batch, *obs_shape)`` for the adversary's ``actions``
@@ -208,14 +217,23 @@ class ObservationPerturber:
         Raises:
             ValueError: for actions outside the adversary's action space (:meth:`check_actions`).
         """
-        x = np.asarray(observations, np.float32)
+        original = np.asarray(observations)
+        if original.ndim != len(self.space.shape) + 1 or \
+                original.shape[1:] != tuple(self.space.shape) or len(original) == 0:
+            raise ValueError(f"`observations` must be a non-empty batch of shape (batch, "
+                             f"{', '.join(map(str, self.space.shape))}). Received: shape "
+                             f"{original.shape}")
+        x = original.astype(np.float32)
+        if not np.all(np.isfinite(x)):
+            raise ValueError("`observations` must be finite. Received a batch with NaN or inf")
         actions = self.check_actions(actions, len(x))
         if self.mode == "director":
             out = self._director(x, actions).numpy()
         else:
             out = x + self.eps * np.clip(actions, -1.0, 1.0)
-        # the PGD result lies in the ball up to float rounding; the projection makes it exact
-        return _perturbed_into_space(x, np.clip(out, x - self.eps, x + self.eps), self.space)
+        # the change is applied to the original observations (exact in their own dtype),
+        # clipped to the eps ball (also after the cast) and to the space
+        return _perturbed_into_space(original, out, self.space, computed=x, eps=self.eps)
 
     def victim_actions(self, observations) -> np.ndarray:
         """The victim's greedy actions ``(batch,)`` on a batch of observations."""
@@ -283,10 +301,16 @@ class AdversaryEnv(gym.Wrapper, RecordConstructorArgs):
         return self._obs, info
 
     def step(self, action):
+        raw = np.asarray(action) if action is not None else np.asarray(np.nan)
         if self.perturber.mode == "director":
-            action = np.asarray([int(action)])
+            if raw.shape != () or raw.dtype == bool or not np.issubdtype(raw.dtype, np.number):
+                raise ValueError(f"`action` must be one whole number in [0, "
+                                 f"{self.perturber.n_actions}) (the target action). Received: "
+                                 f"action={action!r}")
+            action = raw.reshape(1)  # check_actions refuses fractional or out-of-range values
         else:
-            action = np.asarray(action, np.float32)[np.newaxis]
+            action = raw[np.newaxis] if raw.dtype != object else raw
+        action = self.perturber.check_actions(action, 1, name="action")
         perturbed = self.perturber.perturb(np.asarray(self._obs)[np.newaxis], action)
         victim_action = int(self.perturber.victim_actions(perturbed)[0])
         obs, reward, terminated, truncated, info = self.env.step(victim_action)

@@ -55,6 +55,9 @@ def evaluate_policy(env: gym.Env, policy: Callable[[Any], Any], episodes: int = 
     """
     episodes = check_number("episodes", episodes, low=1, integer=True)
     max_steps = check_number("max_steps", max_steps, low=1, integer=True, allow_none=True)
+    seed = int(check_number("seed", seed, low=0, integer=True))
+    _check_env("env", env)
+    _check_callables(policy=policy)
     returns, lengths = [], []
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
@@ -128,6 +131,9 @@ def policy_deviation(env: gym.Env, policy: Callable[[Any], Any],
         >>> policy_deviation(env, policy, noise.observation)
     """
     episodes = check_number("episodes", episodes, low=1, integer=True)
+    seed = int(check_number("seed", seed, low=0, integer=True))
+    _check_env("env", env)
+    _check_callables(policy=policy, perturb=perturb)
     changed = total = 0
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
@@ -140,6 +146,19 @@ def policy_deviation(env: gym.Env, policy: Callable[[Any], Any],
             obs, _, terminated, truncated, _ = env.step(action)
             done = terminated or truncated
     return changed / total
+
+
+def _check_callables(**named) -> None:
+    """TypeError naming the first argument that is not callable (None allowed)."""
+    for name, fn in named.items():
+        if fn is not None and not callable(fn):
+            raise TypeError(f"`{name}` must be callable. Received: {name}={fn!r}")
+
+
+def _check_env(name: str, env) -> None:
+    if not isinstance(env, gym.Env):
+        raise TypeError(f"`{name}` must be a gymnasium environment instance (e.g. "
+                        f"gymnasium.make('CartPole-v1')). Received: {name}={env!r}")
 
 
 def _valid_action(space: gym.Space, action) -> bool:
@@ -189,12 +208,17 @@ def evaluate_batched(make_env: Callable[[], gym.Env], policy: Callable[[Any], An
     """
     episodes = check_number("episodes", episodes, low=1, integer=True)
     max_steps = check_number("max_steps", max_steps, low=1, integer=True, allow_none=True)
-    seed = check_number("seed", seed, low=0, integer=True)
+    seed = int(check_number("seed", seed, low=0, integer=True))
+    _check_callables(policy=policy, observe=observe)
     if not callable(make_env) or isinstance(make_env, gym.Env):
         raise TypeError("`make_env` must be a function returning a new environment (e.g. "
                         "`lambda: gymnasium.make('CartPole-v1')`), called once per episode. "
                         f"Received: make_env={make_env!r}")
     envs = [make_env() for _ in range(episodes)]
+    for env in envs:
+        if not isinstance(env, gym.Env):
+            raise TypeError("`make_env` must return a gymnasium environment. Received: "
+                            f"{env!r}")
     if len({id(env) for env in envs}) != episodes:
         raise ValueError("`make_env` must return a new environment on each call (the episodes "
                          "run side by side); it returned the same object twice")
@@ -206,6 +230,8 @@ def evaluate_batched(make_env: Callable[[], gym.Env], policy: Callable[[Any], An
         batch = np.stack([np.asarray(obs[i]) for i in active])
         seen = batch if observe is None else observe(batch)
         actions = np.asarray(policy(seen))
+        if actions.dtype == bool:  # e.g. `obs[:, 2] > 0` for a two-action space
+            actions = actions.astype(np.int64)
         if actions.ndim == 0 or len(actions) != len(active):
             raise ValueError(f"`policy` must return one action per observation: "
                              f"{len(active)} for this batch. Received: shape {actions.shape}")
@@ -218,6 +244,8 @@ def evaluate_batched(make_env: Callable[[], gym.Env], policy: Callable[[Any], An
             visited += len(active)
         still = []
         for i, action in zip(active, actions):
+            if isinstance(envs[i].action_space, gym.spaces.Discrete):
+                action = int(action)  # a whole-number float is the same action
             obs[i], reward, terminated, truncated, info = envs[i].step(action)
             totals[i] += float(info.get("true_reward", reward)) if true_reward else float(reward)
             lengths[i] += 1
@@ -253,7 +281,10 @@ class MeanCI:
         return self.low <= other.high and other.low <= self.high
 
     def __str__(self) -> str:
-        return f"{self.mean:.1f} [{self.low:.1f}, {self.high:.1f}]"
+        # one decimal for returns; three significant digits for small values (fractions)
+        scale = max(abs(self.mean), abs(self.low), abs(self.high))
+        fmt = (lambda v: f"{v:.1f}") if scale >= 10 else (lambda v: f"{v:.3g}")
+        return f"{fmt(self.mean)} [{fmt(self.low)}, {fmt(self.high)}]"
 
 
 def mean_confidence_interval(values, confidence: float = 0.95) -> MeanCI:
@@ -279,13 +310,25 @@ def mean_confidence_interval(values, confidence: float = 0.95) -> MeanCI:
 
     confidence = check_number("confidence", confidence, low=0.0, high=1.0,
                               low_inclusive=False, high_inclusive=False)
-    if not isinstance(values, np.ndarray):
-        values = list(values) if not isinstance(values, (str, bytes)) else values
-    raw = np.asarray(values)
+    def refuse():
+        return TypeError("`values` must be an iterable of real numbers, one per seed. "
+                         f"Received: values={values!r:.200}")
+
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise refuse()
+    items = values if isinstance(values, np.ndarray) else list(values)
+    if not isinstance(items, np.ndarray) and any(
+            isinstance(v, (bool, np.bool_, str, bytes)) for v in items):
+        raise refuse()
+    try:
+        raw = np.asarray(items)
+        if raw.dtype == object:
+            raw = raw.astype(np.float64)
+    except (TypeError, ValueError):
+        raise refuse() from None
     if raw.dtype == bool or not (np.issubdtype(raw.dtype, np.integer)
                                  or np.issubdtype(raw.dtype, np.floating)):
-        raise TypeError("`values` must be real numbers, one per seed. Received: "
-                        f"values={values!r:.200}")
+        raise refuse()
     if raw.ndim != 1:
         raise ValueError("`values` must be one-dimensional: one number per independent seed "
                          "(average each seed's episodes first; flattening seeds x episodes "

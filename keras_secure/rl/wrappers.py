@@ -47,19 +47,60 @@ def _check_probability(name, value):
     return check_number(name, value, low=0.0, high=1.0)
 
 
-def _perturbed_into_space(original, perturbed, space: gym.spaces.Box) -> np.ndarray:
-    """``perturbed`` as an observation of ``space`` that is, coordinate by coordinate, never
-    farther from ``original`` (an observation of ``space``) than ``perturbed`` is, so a
-    perturbation never leaves its budget's ball: on an integer ``dtype`` the change is rounded
-    toward zero (the integer points of a ball around an integer point are the ones inside it;
-    rounding to the nearest would let a change of 0.6 become 1), then clipped to the space's
-    bounds (``original`` is inside them) and cast to its ``dtype``. Symmetric noise stays
-    symmetric, hence unbiased."""
-    original = np.asarray(original, dtype=np.float64)
-    change = np.asarray(perturbed, dtype=np.float64) - original
-    if np.issubdtype(space.dtype, np.integer):
-        change = np.trunc(change)
-    return np.clip(original + change, space.low, space.high).astype(space.dtype)
+def _perturbed_into_space(original, perturbed, space: gym.spaces.Box, *,
+                          computed=None, eps: float | None = None) -> np.ndarray:
+    """The observation ``original`` moved by the change ``perturbed - computed`` (``computed``:
+    the input the perturbation was computed from, e.g. ``original`` cast to float32 for a
+    graph; defaults to ``original``), as an observation of ``space`` that never leaves the
+    budget:
+
+    - the change is applied to ``original`` itself, so coordinates the perturbation did not
+      move keep their exact value whatever the dtype (float64, large integers);
+    - with ``eps``, each coordinate's change is clipped to ``[-eps, eps]`` (L-inf budgets),
+      also after the cast to ``space.dtype`` (one float32 rounding step could overshoot);
+    - on an integer ``dtype`` the change is rounded toward zero (the integer points of a ball
+      around an integer point are the ones inside it; rounding to the nearest would let a
+      change of 0.6 become 1), and the arithmetic is done in integers;
+    - the result is clipped to the space's bounds, except where ``original`` itself lies
+      outside them (clipping would then move it by more than the budget).
+
+    Symmetric noise stays symmetric, hence unbiased.
+
+    Raises:
+        ValueError: for a non-finite observation, or an integer space whose dtype cannot hold
+            ``original``.
+    """
+    dtype = space.dtype
+    original = np.asarray(original)
+    computed = original if computed is None else computed
+    change = np.asarray(perturbed, np.float64) - np.asarray(computed, np.float64)
+    if eps is not None:
+        change = np.clip(change, -eps, eps)
+    low = np.broadcast_to(space.low, original.shape)
+    high = np.broadcast_to(space.high, original.shape)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        if original.size and (np.min(original) < info.min or np.max(original) > info.max
+                              or not np.all(np.asarray(original) == np.round(original))):
+            raise ValueError(f"The observation must hold whole numbers that the observation "
+                             f"space's dtype {dtype} can represent. Received values in "
+                             f"[{np.min(original)}, {np.max(original)}]")
+        wide = object if np.dtype(dtype).itemsize >= 8 else np.int64  # exact arithmetic
+        base = original.astype(wide)
+        out = base + np.trunc(change).astype(np.int64).astype(wide)
+        out = np.minimum(np.maximum(out, np.minimum(low.astype(wide), base)),
+                         np.maximum(high.astype(wide), base))
+        return out.astype(dtype)
+    base = original.astype(np.float64)
+    if not np.all(np.isfinite(base)):
+        raise ValueError(f"The observation must be finite. Received: {original.tolist()}")
+    out = np.clip(base + change, np.minimum(low, base), np.maximum(high, base)).astype(dtype)
+    if eps is not None:  # the cast may round one step past the budget: step back inside
+        over = np.abs(out.astype(np.float64) - base) > eps
+        while np.any(over):
+            out = np.where(over, np.nextafter(out, base.astype(dtype)), out)
+            over = np.abs(out.astype(np.float64) - base) > eps
+    return out
 
 
 def _into_space(values, space: gym.spaces.Box) -> np.ndarray:
@@ -226,9 +267,8 @@ class ObservationNoise(_OwnRandom, gym.ObservationWrapper, RecordConstructorArgs
         if self.kind == "bias":
             if self._bias is None:
                 return observation
-            return _perturbed_into_space(observation,
-                                         np.asarray(observation, np.float64) + self._bias,
-                                         self.observation_space)
+            return _perturbed_into_space(observation, self._bias, self.observation_space,
+                                         computed=np.zeros_like(self._bias), eps=self.eps)
         if self.eps == 0 or self.rng.random() >= self.probability:
             return observation
         obs = np.asarray(observation, dtype=np.float64)
@@ -242,7 +282,9 @@ class ObservationNoise(_OwnRandom, gym.ObservationWrapper, RecordConstructorArgs
             noise = direction * self.eps * self.rng.random() ** (1.0 / max(obs.size, 1))
         if self.kind == "gaussian":  # no ball to stay in: nearest integer on integer spaces
             return _into_space(obs + noise, self.observation_space)
-        return _perturbed_into_space(obs, obs + noise, self.observation_space)
+        return _perturbed_into_space(observation, noise, self.observation_space,
+                                     computed=np.zeros_like(noise),
+                                     eps=self.eps if self.kind == "linf" else None)
 
 
 def _check_potential(env, potential):
@@ -398,10 +440,13 @@ class AdversarialObservation(_OwnRandom, gym.ObservationWrapper, RecordConstruct
         if self.attack.value_range is not None:
             low, high = self.attack.value_range
             if x.min() < low or x.max() > high:
-                raise ValueError(f"The observation must lie in the attack's value_range="
+                raise ValueError(f"The observation must lie in `attack`'s value_range="
                                  f"{self.attack.value_range}. Received values in "
                                  f"[{x.min():g}, {x.max():g}]")
-        return _perturbed_into_space(observation, self._perturb(x).numpy()[0], space)
+        eps = getattr(self.attack, "eps", None) if getattr(
+            self.attack, "norm", None) == "linf" else None
+        return _perturbed_into_space(observation, self._perturb(x).numpy()[0], space,
+                                     computed=x[0], eps=eps)
 
 
 def _check_untargeted_attack(attack, name: str = "attack"):
