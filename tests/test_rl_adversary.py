@@ -244,6 +244,15 @@ def test_perturbations_are_exact_in_the_observation_dtype_and_never_past_eps():
     assert np.abs(outside.step(0)[0] - np.array([5.0, -3.0])).max() <= 0.1 + 1e-6
 
 
+def test_adversarial_observation_refuses_a_numpy_policy_when_built():
+    from keras_secure import attacks
+    from keras_secure.rl import AdversarialObservation
+
+    with pytest.raises(TypeError, match="`policy_fn` must compute its scores with TensorFlow"):
+        AdversarialObservation(SignBandit(), lambda o: np.concatenate([-o, o], 1),
+                               attacks.FGSM(0.1))
+
+
 def test_adversary_env_step_refuses_invalid_target_actions():
     env = AdversaryEnv(SignBandit(), sign_victim, 0.1)
     env.reset(seed=0)

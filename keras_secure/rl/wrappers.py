@@ -427,6 +427,15 @@ class AdversarialObservation(_OwnRandom, gym.ObservationWrapper, RecordConstruct
         self.policy_fn, self.attack = policy_fn, attack
         self._rng = None
         self._perturb = _single_observation_attack(policy_fn, attack, env.observation_space)
+        sample = np.asarray(env.observation_space.sample(), np.float32)[np.newaxis]
+        try:  # trace the attack now: a policy TensorFlow cannot differentiate fails here
+            self._perturb(sample)
+        except Exception as err:  # noqa: BLE001 - say which argument and why
+            raise TypeError("`policy_fn` must compute its scores with TensorFlow / Keras "
+                            "operations: the attack differentiates it inside a tf.function "
+                            "(a NumPy function cannot be used). Tracing the attack on a sample "
+                            f"observation raised {type(err).__name__}: "
+                            f"{str(err).splitlines()[0][:300]}") from err
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         self._seed_rng(seed)
