@@ -192,12 +192,12 @@ class ObservationPerturber:
         a = np.asarray(actions)
         if self.mode == "director":
             a = a.reshape(-1) if a.ndim else a.reshape(1)
-            if a.shape != (batch,) or a.dtype == bool or not np.issubdtype(a.dtype, np.number) \
-                    or \
-                    np.issubdtype(a.dtype, np.complexfloating) or not np.all(np.isfinite(a)) \
+            numeric = (a.dtype != bool and np.issubdtype(a.dtype, np.number)
+                       and not np.issubdtype(a.dtype, np.complexfloating))
+            if a.shape != (batch,) or not numeric or not np.all(np.isfinite(a)) \
                     or not np.all(a == np.round(a)) or a.min() < 0 or a.max() >= self.n_actions:
-                raise ValueError(f"`{name}` must be {batch} whole number{'s' * (batch > 1)} in [0, "
-                                 f"{self.n_actions}) (one target action per observation, "
+                raise ValueError(f"`{name}` must be {batch} whole number{'s' * (batch > 1)} "
+                                 f"in [0, {self.n_actions}) (one target action per observation, "
                                  f"director mode). Received: shape {np.shape(actions)}, "
                                  f"values {np.asarray(actions).ravel()[:8].tolist()}")
             return a.astype(np.int64)

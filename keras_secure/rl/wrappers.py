@@ -427,15 +427,7 @@ class AdversarialObservation(_OwnRandom, gym.ObservationWrapper, RecordConstruct
         self.policy_fn, self.attack = policy_fn, attack
         self._rng = None
         self._perturb = _single_observation_attack(policy_fn, attack, env.observation_space)
-        sample = np.asarray(env.observation_space.sample(), np.float32)[np.newaxis]
-        try:  # trace the attack now: a policy TensorFlow cannot differentiate fails here
-            self._perturb(sample)
-        except Exception as err:  # noqa: BLE001 - say which argument and why
-            raise TypeError("`policy_fn` must compute its scores with TensorFlow / Keras "
-                            "operations: the attack differentiates it inside a tf.function "
-                            "(a NumPy function cannot be used). Tracing the attack on a sample "
-                            f"observation raised {type(err).__name__}: "
-                            f"{str(err).splitlines()[0][:300]}") from err
+        _check_differentiable(policy_fn, env.observation_space, "policy_fn")
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         self._seed_rng(seed)
@@ -467,6 +459,33 @@ def _check_untargeted_attack(attack, name: str = "attack"):
         raise TypeError(f"`{name}` must be an untargeted keras_secure attack. "
                         f"Received: {name}={attack!r}")
     return attack
+
+
+def _check_differentiable(policy_fn, space, name: str) -> None:
+    """TypeError naming ``name`` unless the gradient of ``policy_fn``'s scores with respect to
+    a sample observation can be computed inside a ``tf.function`` (as the attacks do): a NumPy
+    policy passes a shape check but cannot be traced. Draws no attack randomness."""
+    import tensorflow as tf
+
+    from keras_secure.classifier import as_classifier
+
+    logits_fn = as_classifier(policy_fn, from_logits=True).logits
+
+    @tf.function
+    def probe(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            scores = logits_fn(x)
+        return tape.gradient(tf.reduce_sum(scores), x)
+
+    sample = np.asarray(space.sample(), np.float32)[np.newaxis]
+    try:
+        probe(tf.constant(sample))
+    except Exception as err:  # noqa: BLE001 - say which argument and why
+        raise TypeError(f"`{name}` must compute its scores with TensorFlow / Keras operations: "
+                        "the attack differentiates it inside a tf.function (a NumPy function "
+                        "cannot be used). Tracing it on a sample observation raised "
+                        f"{type(err).__name__}: {str(err).splitlines()[0][:300]}") from err
 
 
 def _single_observation_attack(policy_fn, attack, space):
