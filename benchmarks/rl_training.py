@@ -205,7 +205,7 @@ def main():
             for future in concurrent.futures.as_completed(futures):
                 try:
                     yield future.result()
-                except Exception as err:  # stop the other workers, then say which seed failed
+                except Exception as err:  # cancel the seeds not started; say which failed
                     pool.shutdown(wait=True, cancel_futures=True)
                     raise SystemExit(f"seed {futures[future]} failed: {type(err).__name__}: "
                                      f"{err}") from err

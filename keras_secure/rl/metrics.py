@@ -310,6 +310,7 @@ def mean_confidence_interval(values, confidence: float = 0.95) -> MeanCI:
 
     confidence = check_number("confidence", confidence, low=0.0, high=1.0,
                               low_inclusive=False, high_inclusive=False)
+
     def refuse():
         return TypeError("`values` must be an iterable of real numbers, one per seed. "
                          f"Received: values={values!r:.200}")
