@@ -32,7 +32,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.utils import RecordConstructorArgs
 
-from keras_secure.rl.wrappers import _check_policy, _perturbed_into_space
+from keras_secure.rl.wrappers import (_check_differentiable, _check_policy,
+                                       _perturbed_into_space)
 from keras_secure.validation import check_choice, check_number
 
 ADVERSARY_MODES = ("director", "state")
@@ -164,22 +165,15 @@ class ObservationPerturber:
             return tf.argmax(logits_fn(x), axis=-1)
 
         self._director, self._greedy = director, greedy
+        # the director differentiates the victim inside a tf.function: refuse what cannot be
+        _check_differentiable(victim_fn, observation_space, "victim_fn")
         sample = np.asarray(observation_space.sample(), np.float32)[np.newaxis]
-        try:  # the victim must run (and be differentiated) inside TensorFlow graphs
-            scores_shape = tuple(logits_fn(sample).shape)
-            if len(scores_shape) != 2 or scores_shape[0] != 1:
-                raise ValueError(f"scores must have shape (batch, n_actions); got "
-                                 f"{scores_shape} for a batch of one")
-            self.n_actions = int(scores_shape[-1])
-            greedy(sample)
-            director(sample, np.zeros(1, np.int64))
-        except Exception as err:  # noqa: BLE001 - say which argument and why
-            raise TypeError("`victim_fn` must map a batch of observations to action scores "
-                            "(batch, n_actions) with TensorFlow / Keras operations (the "
-                            "director runs a targeted PGD on it inside a tf.function, so a "
-                            "NumPy function cannot be used). Calling it on a sample "
-                            f"observation raised {type(err).__name__}: "
-                            f"{str(err).splitlines()[0][:300]}") from err
+        scores_shape = tuple(logits_fn(sample).shape)
+        if len(scores_shape) != 2 or scores_shape[0] != 1:
+            raise ValueError("`victim_fn` must map a batch of observations to scores of shape "
+                             f"(batch, n_actions). Received: shape {scores_shape} for a batch "
+                             "of one")
+        self.n_actions = int(scores_shape[-1])
 
     def check_actions(self, actions, batch: int, name: str = "actions") -> np.ndarray:
         """The adversary's ``actions`` for a batch of ``batch`` observations, validated:
@@ -188,6 +182,10 @@ class ObservationPerturber:
 
         Raises:
             ValueError: naming ``actions``, for a wrong shape or values outside that space.
+
+        Example:
+            >>> perturber.check_actions([1, 0], batch=2)      # director: array([1, 0])
+            >>> perturber.check_actions([0.5, 0], batch=2)    # ValueError: whole numbers
         """
         a = np.asarray(actions)
         if self.mode == "director":
